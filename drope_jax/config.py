@@ -1,0 +1,95 @@
+"""Every config key with its default. Experiment configs start here and override.
+
+Variants (the `:variant` after a config path) choose the positional recipe:
+`rope`, `nope` or `drope`.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+POS_EMB_VARIANTS = ("rope", "nope", "drope")
+
+
+def base_config(variant: str = "drope") -> ml_collections.ConfigDict:
+  if variant not in POS_EMB_VARIANTS:
+    raise ValueError(
+        f"unknown config variant {variant!r}: use one of {', '.join(POS_EMB_VARIANTS)}")
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict(dict(
+      vocab_size=264,
+      d_model=256,
+      n_layers=4,
+      n_heads=4,
+      n_kv_heads=2,          # 1 (MQA) .. n_heads (MHA); must divide n_heads.
+      head_dim=64,
+      d_ff=640,              # SwiGLU hidden width.
+      tie_embeddings=True,
+      init_std=0.02,
+      norm_eps=1e-6,
+      param_dtype="float32",  # master weights.
+      dtype="float32",        # compute dtype: float32 | bfloat16.
+      pos_emb=variant,        # rope | nope | drope (RoPE until drope.drop_at_step).
+      rope_theta=10_000.0,
+      qk_norm="none",         # none | q | k | qk: RMSNorm on the whole projected q / k.
+      attention="auto",       # auto | xla | chunked | splash | cudnn.
+      attention_chunk=512,    # block size of the `chunked` kernel.
+      remat="none",           # none | full | save_dots.
+  ))
+
+  c.data = ml_collections.ConfigDict(dict(
+      source="stdlib",        # stdlib | shards (prepared ArrayRecord directories) | needles.
+      paths=config_dict.placeholder(str),     # comma-separated shard dirs for `shards`.
+      weights=config_dict.placeholder(str),   # comma-separated mixture weights.
+      tokenizer="byte",
+      packing="concat",       # concat (concatenate-and-split) | first_fit (document-aware).
+      document_mask=False,    # segment ids + per-document positions (attention stays in-doc).
+      num_workers=0,          # grain worker processes for prefetch.
+      eval_fraction=0.05,     # held-out share of documents for the eval split.
+  ))
+
+  c.train = ml_collections.ConfigDict(dict(
+      steps=1000,
+      batch_size=16,          # global sequences per optimizer step.
+      seq_len=256,
+      grad_accum=1,           # micro-batches per step (batch_size must divide evenly).
+      lr=3e-4,
+      warmup_steps=100,
+      schedule="cosine",      # cosine | constant | wsd (warmup-stable-decay).
+      decay_fraction=0.2,     # wsd: share of steps spent decaying.
+      min_lr_ratio=0.1,       # final lr / peak lr.
+      b1=0.9,
+      b2=0.95,
+      eps=1e-8,
+      weight_decay=0.1,
+      grad_clip=1.0,
+      log_every=10,
+      eval_every=200,
+      eval_batches=4,
+      on_nan="stop",          # stop | skip: what a non-finite loss does.
+  ))
+
+  c.drope = ml_collections.ConfigDict(dict(
+      drop_at_step=800,       # first step trained without RoPE (pos_emb=drope only).
+      lr=1e-3,                # recalibration peak lr.
+      warmup_steps=70,
+      schedule="cosine",
+      reset_optimizer=True,   # fresh AdamW moments at the drop.
+  ))
+
+  c.checkpoint = ml_collections.ConfigDict(dict(
+      every_steps=200,
+      max_to_keep=3,
+      keep_period=config_dict.placeholder(int),  # also keep every K-th step forever.
+      async_save=True,
+      init_from=config_dict.placeholder(str),    # another run's checkpoint dir (or workdir).
+      init_step=config_dict.placeholder(int),    # its step; latest if unset.
+      init_optimizer=False,                       # also take its optimizer state.
+  ))
+
+  c.mesh = ml_collections.ConfigDict(dict(
+      shape=(-1, 1, 1),       # (data, fsdp, tensor) per slice; -1 = the rest.
+      dcn_shape=(1, 1, 1),    # across slices (multi-slice data parallel over DCN).
+  ))
+  return c
