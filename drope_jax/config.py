@@ -93,3 +93,62 @@ def base_config(variant: str = "drope") -> ml_collections.ConfigDict:
       dcn_shape=(1, 1, 1),    # across slices (multi-slice data parallel over DCN).
   ))
   return c
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the key and the fix."""
+
+
+_CHOICES = {
+    "model.pos_emb": POS_EMB_VARIANTS,
+    "model.qk_norm": ("none", "q", "k", "qk"),
+    "model.attention": ("auto", "xla", "chunked", "splash", "cudnn"),
+    "model.remat": ("none", "full", "save_dots"),
+    "model.param_dtype": ("float32", "bfloat16"),
+    "model.dtype": ("float32", "bfloat16"),
+    "data.packing": ("concat", "first_fit"),
+    "train.schedule": ("cosine", "constant", "wsd"),
+    "train.on_nan": ("stop", "skip"),
+    "drope.schedule": ("cosine", "constant", "wsd"),
+}
+
+_POSITIVE = ("model.vocab_size", "model.d_model", "model.n_layers", "model.n_heads",
+             "model.n_kv_heads", "model.head_dim", "model.d_ff", "model.attention_chunk",
+             "train.steps", "train.batch_size", "train.seq_len", "train.grad_accum",
+             "train.log_every", "train.eval_every", "checkpoint.every_steps",
+             "checkpoint.max_to_keep")
+
+
+def _get(config, dotted: str):
+  value = config
+  for part in dotted.split("."):
+    value = value[part]
+  return value
+
+
+def validate(config) -> None:
+  """Raises ConfigError for values that type checks cannot catch."""
+  for key, allowed in _CHOICES.items():
+    if _get(config, key) not in allowed:
+      raise ConfigError(f"--config.{key}={_get(config, key)!r} is not valid: use one of "
+                        f"{', '.join(allowed)}")
+  for key in _POSITIVE:
+    if _get(config, key) <= 0:
+      raise ConfigError(f"--config.{key}={_get(config, key)} must be positive")
+  m, t = config.model, config.train
+  if m.n_heads % m.n_kv_heads:
+    raise ConfigError(f"model.n_kv_heads={m.n_kv_heads} must divide model.n_heads="
+                      f"{m.n_heads} (grouped-query attention)")
+  if m.head_dim % 2:
+    raise ConfigError(f"model.head_dim={m.head_dim} must be even (RoPE rotates pairs)")
+  if t.batch_size % t.grad_accum:
+    raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by "
+                      f"train.grad_accum={t.grad_accum}")
+  if t.warmup_steps < 0 or config.drope.warmup_steps < 0:
+    raise ConfigError("warmup steps must be >= 0")
+  if m.pos_emb == "drope" and not 0 < config.drope.drop_at_step < t.steps:
+    raise ConfigError(f"drope.drop_at_step={config.drope.drop_at_step} must lie inside "
+                      f"the run (0 < drop_at_step < train.steps={t.steps})")
+  if (config.checkpoint.init_step is not None) and not config.checkpoint.init_from:
+    raise ConfigError("checkpoint.init_step needs checkpoint.init_from (the run to start "
+                      "from)")

@@ -1,0 +1,81 @@
+"""Grouped-query self-attention with optional QK-norm and a KV cache for decoding.
+
+The positional mode arrives as a static `Positional`; the kernel (xla, chunked, splash,
+cudnn) sits behind `kernels.attention`, which takes [batch, seq, heads, head_dim].
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from drope_jax import parallel
+from drope_jax.model import kernels
+from drope_jax.model import layers
+from drope_jax.model.positional import Positional
+
+QK_NORMS = ("none", "q", "k", "qk")
+
+
+class Attention(nnx.Module):
+
+  def __init__(self, cfg, *, rngs: nnx.Rngs):
+    e, h, k, d = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    std, pdt = cfg.init_std, jnp.dtype(cfg.param_dtype)
+    self.q_EHD = layers.normal_param(rngs, (e, h, d), ("embed", "heads", "head_dim"),
+                                     std=std, dtype=pdt)
+    self.k_EKD = layers.normal_param(rngs, (e, k, d), ("embed", "kv_heads", "head_dim"),
+                                     std=std, dtype=pdt)
+    self.v_EKD = layers.normal_param(rngs, (e, k, d), ("embed", "kv_heads", "head_dim"),
+                                     std=std, dtype=pdt)
+    self.out_HDE = layers.normal_param(rngs, (h, d, e), ("heads", "head_dim", "embed"),
+                                       std=std, dtype=pdt)
+    # QK-norm normalises the whole projected q (all heads together), as in the paper.
+    self.q_norm = (layers.RMSNorm((h, d), ("heads", "head_dim"), eps=cfg.norm_eps,
+                                  param_dtype=pdt) if "q" in cfg.qk_norm else None)
+    self.k_norm = (layers.RMSNorm((k, d), ("kv_heads", "head_dim"), eps=cfg.norm_eps,
+                                  param_dtype=pdt) if "k" in cfg.qk_norm else None)
+    self.dtype = jnp.dtype(cfg.dtype)
+    self.impl = cfg.attention
+    self.chunk_size = cfg.attention_chunk
+
+  def _project(self, x_BSE, positions_BS, positional):
+    w = lambda p: p[...].astype(self.dtype)
+    q_BSHD = jnp.einsum("bse,ehd->bshd", x_BSE, w(self.q_EHD))
+    k_BSKD = jnp.einsum("bse,ekd->bskd", x_BSE, w(self.k_EKD))
+    v_BSKD = jnp.einsum("bse,ekd->bskd", x_BSE, w(self.v_EKD))
+    if self.q_norm is not None:
+      q_BSHD = self.q_norm(q_BSHD)
+    if self.k_norm is not None:
+      k_BSKD = self.k_norm(k_BSKD)
+    q_BSHD = parallel.constrain(positional.rotate(q_BSHD, positions_BS),
+                                ("batch", "seq", "act_heads", None))
+    k_BSKD = positional.rotate(k_BSKD, positions_BS)
+    return q_BSHD, k_BSKD, v_BSKD
+
+  def __call__(self, x_BSE, *, positions_BS, segment_ids_BS, positional: Positional):
+    q, k, v = self._project(x_BSE, positions_BS, positional)
+    out_BSHD = kernels.attention(
+        q, k, v, impl=self.impl, scale=positional.logit_scale(q.shape[-1]),
+        segment_ids=segment_ids_BS, chunk_size=self.chunk_size)
+    return jnp.einsum("bshd,hde->bse", out_BSHD, self.out_HDE[...].astype(self.dtype))
+
+  def decode(self, x_BSE, *, positions_BS, positional: Positional, cache, cache_index):
+    """Attends over the cache plus the S new tokens written at `cache_index`.
+
+    cache: (k [B, T, K, D], v [B, T, K, D]); returns (out [B, S, E], updated cache).
+    """
+    q, k_new, v_new = self._project(x_BSE, positions_BS, positional)
+    k_cache, v_cache = cache
+    k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k_new.astype(k_cache.dtype),
+                                                  cache_index, axis=1)
+    v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v_new.astype(v_cache.dtype),
+                                                  cache_index, axis=1)
+    s, t = q.shape[1], k_cache.shape[1]
+    query_slot_S = cache_index + jnp.arange(s)
+    mask_ST = jnp.arange(t)[None, :] <= query_slot_S[:, None]
+    mask_BST = jnp.broadcast_to(mask_ST, (q.shape[0], s, t))
+    out_BSHD = kernels.masked_attention(
+        q, k_cache.astype(q.dtype), v_cache.astype(q.dtype),
+        scale=positional.logit_scale(q.shape[-1]), mask=mask_BST)
+    out = jnp.einsum("bshd,hde->bse", out_BSHD, self.out_HDE[...].astype(self.dtype))
+    return out, (k_cache, v_cache)

@@ -1,0 +1,38 @@
+"""`python -m drope_jax.train --config=configs/tiny.py[:variant] --workdir=DIR`.
+
+Overrides: `--config.train.steps=40`, `--config.drope.drop_at_step=30`, ...
+Running the same command on the same workdir resumes from its latest checkpoint.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from drope_jax import config as config_lib
+from drope_jax import distributed
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, optionally with a variant: configs/tiny.py:drope.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Run directory (local or gs://): checkpoints, metrics, evaluations.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  distributed.initialize()
+  # Imported after distributed.initialize(): jax must not touch devices before it.
+  from drope_jax import trainer  # pylint: disable=g-import-not-at-top
+  try:
+    trainer.Trainer(_CONFIG.value, _WORKDIR.value).run()
+  except (config_lib.ConfigError, FileNotFoundError, trainer.NonFiniteLossError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)

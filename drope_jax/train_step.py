@@ -1,0 +1,163 @@
+"""The train state and the pure, jitted step functions built for one positional mode.
+
+    state = init_state(config, mesh)                      # sharded by the logical rules
+    train_step = make_train_step(config, graphdef, tx, lr_fn, positional, shardings)
+    state, metrics = train_step(state, batch)
+
+A `Positional` is baked into each step function: the DroPE switch builds new ones.
+"""
+
+import dataclasses
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from drope_jax import parallel
+from drope_jax.model import transformer
+from drope_jax.model.positional import Positional
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any       # nnx.State of the model's Params.
+  opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Built:
+  """What every step function needs besides the state: static structure and shardings."""
+  graphdef: Any
+  tx: optax.GradientTransformation
+  state_shardings: Any
+  abstract_state: Any  # ShapeDtypeStructs with shardings: the restore target.
+  mesh: jax.sharding.Mesh
+
+
+def build(config, mesh, tx) -> tuple[Built, Callable[[], TrainState]]:
+  """Returns the static parts and an init function producing a sharded TrainState."""
+  model_cfg = transformer.ModelConfig.from_config(config.model)
+
+  def init() -> TrainState:
+    model = transformer.Transformer(model_cfg, rngs=nnx.Rngs(config.seed))
+    _, params = nnx.split(model, nnx.Param)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=tx.init(params))
+
+  with parallel.mesh_context(mesh):
+    graphdef = nnx.graphdef(nnx.eval_shape(
+        lambda: transformer.Transformer(model_cfg, rngs=nnx.Rngs(0))))
+    abstract = jax.eval_shape(init)
+    shardings = nnx.get_named_sharding(abstract, mesh)
+  abstract = jax.tree.map(
+      lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+      abstract, shardings)
+  built = Built(graphdef=graphdef, tx=tx, state_shardings=shardings,
+                abstract_state=abstract, mesh=mesh)
+
+  def init_sharded() -> TrainState:
+    with parallel.mesh_context(mesh):
+      return jax.jit(init, out_shardings=shardings)()
+
+  return built, init_sharded
+
+
+def _loss_sums(graphdef, params, batch, positional):
+  """Summed token cross-entropy and the summed weights of one (micro)batch."""
+  model = nnx.merge(graphdef, params)
+  logits_BSV = model(batch["inputs"], positional=positional,
+                     positions_BS=batch["positions"], segment_ids_BS=batch["segment_ids"])
+  losses_BS = optax.softmax_cross_entropy_with_integer_labels(logits_BSV, batch["targets"])
+  weights_BS = batch["weights"]
+  return jnp.sum(losses_BS * weights_BS), jnp.sum(weights_BS)
+
+
+def _grads(graphdef, params, batch, positional, grad_accum: int):
+  """Mean loss and its gradient over the batch, in `grad_accum` sequential micro-batches."""
+  def sums_and_grads(micro):
+    (loss_sum, weight_sum), grads = jax.value_and_grad(
+        lambda p: _loss_sums(graphdef, p, micro, positional), has_aux=True)(params)
+    return loss_sum, weight_sum, grads
+
+  if grad_accum == 1:
+    loss_sum, weight_sum, grads = sums_and_grads(batch)
+  else:
+    micro_batches = jax.tree.map(
+        lambda x: x.reshape(grad_accum, x.shape[0] // grad_accum, *x.shape[1:]), batch)
+
+    def accumulate(carry, micro):
+      loss_sum, weight_sum, grads = sums_and_grads(micro)
+      acc = (carry[0] + loss_sum, carry[1] + weight_sum,
+             jax.tree.map(jnp.add, carry[2], grads))
+      return acc, None
+
+    zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
+    (loss_sum, weight_sum, grads), _ = jax.lax.scan(accumulate, zeros, micro_batches)
+  denom = jnp.maximum(weight_sum, 1.0)
+  return loss_sum / denom, jax.tree.map(lambda g: g / denom, grads)
+
+
+def make_train_step(config, built: Built, lr_fn, positional: Positional):
+  """A jitted (state, batch) -> (state, metrics) for one positional mode.
+
+  A non-finite loss or gradient leaves the state unchanged (the step is skipped) and is
+  reported in `metrics['nonfinite']`; the trainer decides whether to stop.
+  """
+  grad_accum = config.train.grad_accum
+
+  def step_fn(state: TrainState, batch) -> tuple[TrainState, dict]:
+    loss, grads = _grads(built.graphdef, state.params, batch, positional, grad_accum)
+    grad_norm = optax.global_norm(grads)
+    lr = lr_fn(state.step)
+    opt_state = state.opt_state
+    opt_state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
+    updates, new_opt_state = built.tx.update(grads, opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    new_state = TrainState(step=state.step + 1,
+                           params=keep(new_params, state.params),
+                           opt_state=keep(new_opt_state, state.opt_state))
+    metrics = dict(loss=loss, grad_norm=grad_norm, lr=lr, nonfinite=~finite)
+    return new_state, metrics
+
+  batch_sharding = parallel.batch_sharding(built.mesh)
+  jitted = jax.jit(step_fn, in_shardings=(built.state_shardings, batch_sharding),
+                   out_shardings=(built.state_shardings, None), donate_argnums=(0,))
+
+  def run(state, batch):
+    with parallel.mesh_context(built.mesh):
+      return jitted(state, batch)
+
+  run.lower = lambda state, batch: _lower(jitted, built.mesh, state, batch)
+  return run
+
+
+def _lower(jitted, mesh, state, batch):
+  with parallel.mesh_context(mesh):
+    return jitted.lower(state, batch)
+
+
+def make_eval_step(built: Built, positional: Positional):
+  """A jitted (params, batch) -> (summed loss, summed weights)."""
+  batch_sharding = parallel.batch_sharding(built.mesh)
+  jitted = jax.jit(
+      lambda params, batch: _loss_sums(built.graphdef, params, batch, positional),
+      in_shardings=(built.state_shardings.params, batch_sharding))
+
+  def run(params, batch):
+    with parallel.mesh_context(built.mesh):
+      return jitted(params, batch)
+
+  return run
+
+
+def reset_optimizer(built: Built, state: TrainState) -> TrainState:
+  """Fresh AdamW moments (and count) for the same parameters, kept sharded."""
+  init = jax.jit(built.tx.init, out_shardings=built.state_shardings.opt_state)
+  with parallel.mesh_context(built.mesh):
+    return state.replace(opt_state=init(state.params))

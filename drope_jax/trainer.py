@@ -1,0 +1,282 @@
+"""The training loop: phases, logging, evaluation, checkpoints, resume, preemption.
+
+A run is a list of phases. RoPE and NoPE runs have one ('pretrain'); a DroPE run has
+'pretrain' (RoPE) until `drope.drop_at_step`, then 'recalibrate' (NoPE, fresh schedule,
+optionally fresh AdamW moments). Each phase gets its own jitted step function. Metrics
+at step s describe the update that starts from the state of checkpoint s.
+"""
+
+import dataclasses
+import signal
+import time
+
+import jax
+import numpy as np
+from absl import logging
+from etils import epath
+from jax.experimental import multihost_utils
+
+from drope_jax import checkpoint
+from drope_jax import config as config_lib
+from drope_jax import flops
+from drope_jax import metrics as metrics_lib
+from drope_jax import optim
+from drope_jax import parallel
+from drope_jax import train_step
+from drope_jax.data import pipeline
+from drope_jax.model import positional as positional_lib
+
+
+class NonFiniteLossError(RuntimeError):
+  """The loss became NaN or inf and train.on_nan is 'stop'."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+  name: str   # pretrain | recalibrate
+  start: int  # first step index of the phase.
+  end: int    # one past its last step index.
+
+
+def phases(config) -> list[Phase]:
+  steps = config.train.steps
+  if config.model.pos_emb != "drope":
+    return [Phase("pretrain", 0, steps)]
+  drop = config.drope.drop_at_step
+  return [Phase("pretrain", 0, drop), Phase("recalibrate", drop, steps)]
+
+
+def phase_at(config, step: int) -> str:
+  return next(p.name for p in phases(config) if p.start <= step < p.end or p.end == step)
+
+
+class _Preemption:
+  """Turns SIGTERM (TPU maintenance, spot reclaim) into 'save and exit 0' at a step end."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def reached(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      # Every host must stop at the same step: JAX's coordination service agrees on it.
+      return multihost_utils.reached_preemption_sync_point(step) or self.requested
+    return self.requested
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def _global_batch(local_batch: dict, sharding) -> dict:
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in local_batch.items()}
+
+
+class Trainer:
+
+  def __init__(self, config, workdir: str):
+    config_lib.validate(config)
+    self.config = config
+    self.workdir = epath.Path(workdir)
+    self.mesh = parallel.make_mesh(config.mesh)
+    self.tx = optim.make_optimizer(config.train)
+    self.lr_fn = optim.lr_schedule(config)
+    self.built, self._init_fn = train_step.build(config, self.mesh, self.tx)
+    t = config.train
+    if t.batch_size % jax.process_count():
+      raise config_lib.ConfigError(
+          f"train.batch_size={t.batch_size} must divide among {jax.process_count()} "
+          "processes")
+    self.local_batch = t.batch_size // jax.process_count()
+    self.tokens_per_step = t.batch_size * t.seq_len
+    self.batch_sharding = parallel.batch_sharding(self.mesh)
+    keep = (config.drope.drop_at_step,) if config.model.pos_emb == "drope" else ()
+    self.ckpt = checkpoint.Checkpointer(str(self.workdir / "checkpoints"),
+                                        config.checkpoint, keep_steps=keep)
+    self.writer = metrics_lib.MetricsWriter(str(self.workdir), total_steps=t.steps)
+    self.flops_per_token = flops.training_flops_per_token(config.model, t.seq_len)
+    self.peak_flops = flops.peak_flops_per_device(dtype=config.model.dtype)
+
+  # --- state -----------------------------------------------------------------------
+
+  def _data_iter(self, split: str, num_epochs=None):
+    return pipeline.make_iterator(
+        self.config.data, seq_len=self.config.train.seq_len,
+        batch_size=self.local_batch, seed=self.config.seed, split=split,
+        shard_index=jax.process_index(), shard_count=jax.process_count(),
+        num_epochs=num_epochs)
+
+  def _restore_or_init(self, data_iter):
+    abstract = self.built.abstract_state
+    step, state, meta = self.ckpt.restore_latest(abstract, data_iter)
+    if state is not None:
+      self.writer.info(f"resumed from {self.ckpt.directory}/{step} "
+                       f"(phase {meta.get('phase')}, {meta.get('tokens_seen')} tokens seen)")
+      return state
+    state = self._init_fn()
+    c = self.config.checkpoint
+    if c.init_from:
+      state = self._init_from(state, abstract)
+    return state
+
+  def _init_from(self, state, abstract):
+    """Starts from another run's checkpoint: its params (and optimizer state if asked)."""
+    c = self.config.checkpoint
+    directory = epath.Path(c.init_from)
+    if (directory / "checkpoints").exists():
+      directory = directory / "checkpoints"
+    source = checkpoint.Checkpointer(str(directory), c, read_only=True)
+    steps = source.steps()
+    if not steps:
+      raise FileNotFoundError(f"checkpoint.init_from={c.init_from}: no checkpoints found")
+    step = c.init_step if c.init_step is not None else steps[-1]
+    if step not in steps:
+      raise FileNotFoundError(f"checkpoint.init_step={step} is not in {directory} "
+                              f"(available: {steps})")
+    restored, _ = source.restore(step, abstract)
+    source.close()
+    self.writer.info(f"initialised from {directory}/{step} "
+                     f"({'params and optimizer' if c.init_optimizer else 'params'})")
+    opt_state = restored.opt_state if c.init_optimizer else state.opt_state
+    return state.replace(params=restored.params, opt_state=opt_state)
+
+  def _meta(self, step: int) -> dict:
+    return dict(step=step, phase=phase_at(self.config, step),
+                tokens_seen=step * self.tokens_per_step,
+                code_version=checkpoint.code_version(),
+                config=self.config.to_dict())
+
+  def _save(self, state, data_iter):
+    step = int(jax.device_get(state.step))
+    self.ckpt.save(step, state, data_iter, self._meta(step))
+
+  # --- evaluation ------------------------------------------------------------------
+
+  def _evaluate(self, state, eval_step) -> float:
+    loss_sum = weight_sum = 0.0
+    eval_iter = self._data_iter("eval", num_epochs=None)
+    for _ in range(self.config.train.eval_batches):
+      batch = _global_batch(next(eval_iter), self.batch_sharding)
+      l, w = jax.device_get(eval_step(state.params, batch))
+      loss_sum, weight_sum = loss_sum + float(l), weight_sum + float(w)
+    return loss_sum / max(weight_sum, 1.0)
+
+  # --- the loop --------------------------------------------------------------------
+
+  def run(self):
+    cfg = self.config
+    data_iter = self._data_iter("train")
+    state = self._restore_or_init(data_iter)
+    preemption = _Preemption()
+    try:
+      for phase in phases(cfg):
+        step = int(jax.device_get(state.step))
+        if step >= phase.end:
+          continue
+        state = self._run_phase(phase, state, data_iter, preemption)
+        if state is None:  # preempted: saved and stopping.
+          return
+      self._finish(state, data_iter)
+    finally:
+      preemption.restore()
+      self.ckpt.close()
+      self.writer.close()
+
+  def _enter_phase(self, phase: Phase, state, data_iter):
+    if phase.name == "recalibrate" and int(jax.device_get(state.step)) == phase.start:
+      # The drop point: keep the RoPE weights, then continue as NoPE.
+      if phase.start not in self.ckpt.steps():
+        self._save(state, data_iter)
+      if self.config.drope.reset_optimizer:
+        state = train_step.reset_optimizer(self.built, state)
+      self.writer.info(f"step {phase.start}: dropping RoPE; recalibrating as NoPE "
+                       f"(optimizer {'reset' if self.config.drope.reset_optimizer else 'kept'})")
+    return state
+
+  def _run_phase(self, phase: Phase, state, data_iter, preemption):
+    cfg = self.config
+    state = self._enter_phase(phase, state, data_iter)
+    positional = positional_lib.for_training(cfg.model, phase.name)
+    step_fn = train_step.make_train_step(cfg, self.built, self.lr_fn, positional)
+    eval_step = train_step.make_eval_step(self.built, positional)
+    pending = None
+    throughput = _Throughput()
+    for step in range(int(jax.device_get(state.step)), phase.end):
+      extra = {}
+      if step % cfg.train.eval_every == 0 and step > 0:
+        extra["eval_loss"] = self._evaluate(state, eval_step)
+      batch = _global_batch(next(data_iter), self.batch_sharding)
+      state, step_metrics = step_fn(state, batch)
+      if pending is not None:  # read the previous step while this one runs.
+        self._report(*pending, throughput=throughput)
+      pending = (step, step_metrics, phase, extra)
+      if (step + 1) % cfg.checkpoint.every_steps == 0 and step + 1 < cfg.train.steps:
+        self._save(state, data_iter)
+      if preemption.reached(step + 1):
+        self._report(*pending, throughput=throughput)
+        self._save(state, data_iter)
+        self.ckpt.wait()
+        self.writer.info(f"preempted: saved step {step + 1}; exiting cleanly")
+        return None
+    self._report(*pending, throughput=throughput)
+    if phase.end == cfg.train.steps:
+      self.writer.write(phase.end, dict(phase=phase.name,
+                                        eval_loss=self._evaluate(state, eval_step)))
+    return state
+
+  def _report(self, step, step_metrics, phase, extra, *, throughput):
+    """Checks step `step` for a non-finite loss and logs it when due."""
+    cfg = self.config
+    m = jax.device_get(step_metrics)
+    if bool(m["nonfinite"]):
+      if cfg.train.on_nan == "stop":
+        raise NonFiniteLossError(
+            f"non-finite loss ({float(m['loss'])}) or gradient at step {step}: the update "
+            "was not applied and the last checkpoint is intact. Lower train.lr, raise "
+            "warmup, or set --config.train.on_nan=skip to skip such batches.")
+      logging.warning("step %d: non-finite loss or gradient; batch skipped", step)
+    tokens_per_sec = throughput.tick(self.tokens_per_step)
+    if step % cfg.train.log_every and step != cfg.train.steps - 1 and not extra:
+      return
+    record = dict(phase=phase.name, loss=float(m["loss"]), lr=float(m["lr"]),
+                  grad_norm=float(m["grad_norm"]),
+                  tokens_seen=(step + 1) * self.tokens_per_step, **extra)
+    if tokens_per_sec is not None:
+      record["tokens_per_sec"] = tokens_per_sec
+      if self.peak_flops:
+        record["mfu"] = flops.mfu(tokens_per_sec / jax.device_count(),
+                                  self.flops_per_token, self.peak_flops)
+    throughput.reset()
+    self.writer.write(step, record)
+
+  def _finish(self, state, data_iter):
+    steps = self.config.train.steps
+    if steps not in self.ckpt.steps():
+      self._save(state, data_iter)
+    self.ckpt.wait()
+    self.writer.info(f"done: {steps} steps; checkpoints in {self.ckpt.directory}")
+
+
+class _Throughput:
+  """Tokens/s over the steps finished since the last log; the first step (which
+  compiles) only starts the clock."""
+
+  def __init__(self):
+    self._since = None
+    self._tokens = 0
+
+  def tick(self, tokens: int) -> float | None:
+    now = time.perf_counter()
+    if self._since is None:
+      self._since = now
+      return None
+    self._tokens += tokens
+    return self._tokens / (now - self._since)
+
+  def reset(self):
+    if self._tokens:
+      self._since, self._tokens = time.perf_counter(), 0
