@@ -47,6 +47,14 @@ def base_config(variant: str = "drope") -> ml_collections.ConfigDict:
       document_mask=False,    # segment ids + per-document positions (attention stays in-doc).
       num_workers=0,          # grain worker processes for prefetch.
       eval_fraction=0.05,     # held-out share of documents for the eval split.
+      packing_bins=8,         # first_fit: bins each batch row packs into at once.
+      # `needles` source: RULER-style key-value needles in real haystack text.
+      needle_haystack="stdlib",  # stdlib | glob of .txt/.jsonl(.gz)/.parquet files.
+      text_field="text",      # JSON field / Parquet column of needle_haystack files.
+      needle_docs=100_000,    # documents per epoch (eval: this * eval_fraction).
+      needle_max_tokens=config_dict.placeholder(int),  # unset: the sequence length.
+      needle_min_tokens=config_dict.placeholder(int),  # unset: half of max (or what fits).
+      needle_count=1,         # needles per document; the question asks for one.
   ))
 
   c.train = ml_collections.ConfigDict(dict(

@@ -84,11 +84,9 @@ class Transformer(nnx.Module):
     self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
     self.final_norm = layers.RMSNorm((cfg.d_model,), ("embed",), eps=cfg.norm_eps,
                                      param_dtype=cfg.param_dtype)
-    self.unembed_EV = None
-    if not cfg.tie_embeddings:
-      self.unembed_EV = layers.normal_param(rngs, (cfg.d_model, cfg.vocab_size),
-                                            ("embed", "vocab"), std=cfg.init_std,
-                                            dtype=cfg.param_dtype)
+    self.unembed_EV = None if cfg.tie_embeddings else layers.normal_param(
+        rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), std=cfg.init_std,
+        dtype=cfg.param_dtype)
 
   def __call__(self, tokens_BS, *, positional: Positional, positions_BS=None,
                segment_ids_BS=None) -> jax.Array:

@@ -1,0 +1,186 @@
+"""Tokenizers behind one interface: byte-level, SentencePiece, Hugging Face.
+
+`get_tokenizer(spec)` builds one from a spec string:
+  "byte"                  256 byte values + BOS/EOS/PAD (259 ids), built in.
+  "sentencepiece:PATH"    a SentencePiece model file (local or gs://).
+  "hf:PATH"               a Hugging Face `tokenizer.json` (local or gs://).
+
+Every tokenizer pickles as its spec, so worker processes rebuild it themselves.
+"""
+
+import abc
+import hashlib
+from collections.abc import Sequence
+
+from etils import epath
+import numpy as np
+
+BYTE_VOCAB_SIZE = 259
+
+# Names tried, in order, to find the special tokens of a Hugging Face tokenizer.
+_HF_EOS_NAMES = ("<eos>", "</s>", "<|endoftext|>", "[SEP]")
+_HF_BOS_NAMES = ("<bos>", "<s>", "<|begin_of_text|>", "[CLS]")
+_HF_PAD_NAMES = ("<pad>", "[PAD]", "<|pad|>")
+
+
+class Tokenizer(abc.ABC):
+  """Text <-> token ids, with the special ids the data pipeline needs."""
+
+  spec: str
+  vocab_size: int
+  bos_id: int
+  eos_id: int
+  pad_id: int
+
+  @abc.abstractmethod
+  def encode(self, text: str) -> list[int]:
+    """Token ids of `text`, without BOS/EOS."""
+
+  @abc.abstractmethod
+  def decode(self, ids: Sequence[int]) -> str:
+    """Text of `ids`; special ids are dropped."""
+
+  @property
+  @abc.abstractmethod
+  def identity(self) -> dict[str, object]:
+    """What a manifest records to tell this tokenizer from any other."""
+
+  def encode_array(self, text: str) -> np.ndarray:
+    return np.asarray(self.encode(text), dtype=np.int32)
+
+  def __reduce__(self):
+    return get_tokenizer, (self.spec,)
+
+  def __repr__(self) -> str:
+    return f"{type(self).__name__}({self.spec!r}, vocab_size={self.vocab_size})"
+
+
+class ByteTokenizer(Tokenizer):
+  """UTF-8 bytes are ids 0..255; BOS, EOS, PAD follow."""
+
+  spec = "byte"
+  vocab_size = BYTE_VOCAB_SIZE
+  bos_id = 256
+  eos_id = 257
+  pad_id = 258
+
+  def encode(self, text: str) -> list[int]:
+    return list(text.encode("utf-8"))
+
+  def encode_array(self, text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int32)
+
+  def decode(self, ids: Sequence[int]) -> str:
+    data = bytes(i for i in ids if 0 <= i < 256)
+    return data.decode("utf-8", errors="replace")
+
+  @property
+  def identity(self) -> dict[str, object]:
+    return {"kind": "byte", "vocab_size": self.vocab_size}
+
+
+class SentencePieceTokenizer(Tokenizer):
+  """A SentencePiece model file."""
+
+  def __init__(self, path: str):
+    import sentencepiece  # pylint: disable=g-import-not-at-top
+    self.spec = f"sentencepiece:{path}"
+    model = _read_bytes(path, "SentencePiece model")
+    self._sha256 = hashlib.sha256(model).hexdigest()
+    self._sp = sentencepiece.SentencePieceProcessor(model_proto=model)
+    self.vocab_size = self._sp.get_piece_size()
+    self.eos_id = self._sp.eos_id()
+    if self.eos_id < 0:
+      raise ValueError(
+          f"SentencePiece model {path} has no EOS piece; the data pipeline "
+          "ends every document with EOS. Train it with eos_id >= 0.")
+    # Models trained without BOS/PAD borrow EOS: padding is masked anyway.
+    self.bos_id = self._sp.bos_id() if self._sp.bos_id() >= 0 else self.eos_id
+    self.pad_id = self._sp.pad_id() if self._sp.pad_id() >= 0 else self.eos_id
+
+  def encode(self, text: str) -> list[int]:
+    return self._sp.encode(text)
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return self._sp.decode([int(i) for i in ids])
+
+  @property
+  def identity(self) -> dict[str, object]:
+    return {"kind": "sentencepiece", "sha256": self._sha256,
+            "vocab_size": self.vocab_size}
+
+
+class HuggingFaceTokenizer(Tokenizer):
+  """A Hugging Face `tokenizers` JSON file (e.g. from `train_tokenizer`)."""
+
+  def __init__(self, path: str):
+    import tokenizers  # pylint: disable=g-import-not-at-top
+    self.spec = f"hf:{path}"
+    data = _read_bytes(path, "Hugging Face tokenizer")
+    self._sha256 = hashlib.sha256(data).hexdigest()
+    self._tok = tokenizers.Tokenizer.from_str(data.decode("utf-8"))
+    self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+    eos = _find_token(self._tok, _HF_EOS_NAMES)
+    if eos is None:
+      raise ValueError(
+          f"Hugging Face tokenizer {path} has none of the EOS tokens "
+          f"{', '.join(_HF_EOS_NAMES)}; the data pipeline ends every document "
+          "with EOS. Add one as a special token.")
+    self.eos_id = eos
+    bos = _find_token(self._tok, _HF_BOS_NAMES)
+    pad = _find_token(self._tok, _HF_PAD_NAMES)
+    self.bos_id = eos if bos is None else bos
+    self.pad_id = eos if pad is None else pad
+
+  def encode(self, text: str) -> list[int]:
+    return self._tok.encode(text, add_special_tokens=False).ids
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+  @property
+  def identity(self) -> dict[str, object]:
+    return {"kind": "hf", "sha256": self._sha256, "vocab_size": self.vocab_size}
+
+
+def get_tokenizer(spec: str) -> Tokenizer:
+  """Builds the tokenizer named by `spec` (see the module docstring)."""
+  kind, _, path = spec.partition(":")
+  if kind == "byte" and not path:
+    return ByteTokenizer()
+  if kind == "sentencepiece" and path:
+    return SentencePieceTokenizer(path)
+  if kind == "hf" and path:
+    return HuggingFaceTokenizer(path)
+  raise ValueError(
+      f"unknown tokenizer spec {spec!r}: use 'byte', 'sentencepiece:PATH' "
+      "or 'hf:PATH' (a tokenizer.json).")
+
+
+def check_vocab(tokenizer: Tokenizer, model_vocab_size: int) -> None:
+  """Raises ValueError when token ids could index past the embedding table."""
+  if tokenizer.vocab_size > model_vocab_size:
+    raise ValueError(
+        f"tokenizer {tokenizer.spec!r} has {tokenizer.vocab_size} ids but the "
+        f"model's embedding has only model.vocab_size={model_vocab_size}: set "
+        f"--config.model.vocab_size={_round_up(tokenizer.vocab_size, 128)} "
+        "(or any value >= the tokenizer's) or use the model's own tokenizer.")
+
+
+def _round_up(n: int, multiple: int) -> int:
+  return -(-n // multiple) * multiple
+
+
+def _find_token(tok, names: Sequence[str]) -> int | None:
+  for name in names:
+    token_id = tok.token_to_id(name)
+    if token_id is not None:
+      return token_id
+  return None
+
+
+def _read_bytes(path: str, what: str) -> bytes:
+  p = epath.Path(path)
+  if not p.exists():
+    raise FileNotFoundError(f"{what} file not found: {path}")
+  return p.read_bytes()

@@ -1,0 +1,84 @@
+r"""Trains a byte-level BPE tokenizer with Hugging Face `tokenizers`.
+
+  python -m drope_jax.data.train_tokenizer --input='corpus/*.jsonl.gz' \
+      --vocab_size=8192 --output=tokenizer.json
+
+Reads the same inputs as `prepare` (only the training split, so held-out
+documents stay unseen). The result has the special tokens <pad>, <bos>, <eos>
+(ids 0, 1, 2) and is used as `--tokenizer=hf:tokenizer.json`.
+"""
+
+import sys
+import time
+
+from absl import app
+from absl import flags
+from etils import epath
+import tokenizers
+from tokenizers import decoders
+from tokenizers import models
+from tokenizers import pre_tokenizers
+from tokenizers import trainers
+
+from drope_jax.data import sources
+
+SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")
+
+_INPUT = flags.DEFINE_string(
+    "input", None, "Comma-separated globs of .txt/.jsonl/.jsonl.gz/.parquet "
+    "files, local or gs://.", required=True)
+_OUTPUT = flags.DEFINE_string(
+    "output", None, "Where to write tokenizer.json (local or gs://).",
+    required=True)
+_VOCAB_SIZE = flags.DEFINE_integer(
+    "vocab_size", 8192, "Vocabulary size, special tokens included.",
+    lower_bound=256 + len(SPECIAL_TOKENS))
+_TEXT_FIELD = flags.DEFINE_string(
+    "text_field", "text", "JSON field / Parquet column holding the text.")
+_EVAL_FRACTION = flags.DEFINE_float(
+    "eval_fraction", 0.05, "Documents held out as in `prepare`; not trained "
+    "on.", lower_bound=0.0, upper_bound=1.0)
+
+
+def train(*, input_patterns: str, vocab_size: int, text_field: str = "text",
+          eval_fraction: float = 0.05) -> tokenizers.Tokenizer:
+  """A byte-level BPE tokenizer trained on the training documents."""
+  paths = sources.expand_paths(input_patterns)
+  stats = sources.ReadStats()
+
+  def training_texts():
+    for path in paths:
+      for index, text in enumerate(sources.read_texts(path, text_field, stats)):
+        if not sources.in_eval_split(sources.document_key(path, index),
+                                     eval_fraction):
+          yield text
+
+  tokenizer = tokenizers.Tokenizer(models.BPE())
+  tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tokenizer.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(
+      vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+  tokenizer.train_from_iterator(training_texts(), trainer=trainer)
+  if not stats.documents:
+    raise sources.InputError(f"no documents in {input_patterns!r}.")
+  return tokenizer
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  start = time.monotonic()
+  try:
+    tokenizer = train(input_patterns=_INPUT.value, vocab_size=_VOCAB_SIZE.value,
+                      text_field=_TEXT_FIELD.value,
+                      eval_fraction=_EVAL_FRACTION.value)
+  except (sources.InputError, ValueError) as e:
+    sys.exit(f"train_tokenizer: error: {e}")
+  epath.Path(_OUTPUT.value).write_text(tokenizer.to_str(pretty=True))
+  print(f"train_tokenizer: wrote {_OUTPUT.value} ({tokenizer.get_vocab_size()} "
+        f"tokens) in {time.monotonic() - start:.1f}s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,350 @@
+"""Causal self-attention kernels behind one function.
+
+One layout everywhere: q [B, S, H, D]; k, v [B, S, K, D] where K divides H (GQA).
+Query head h reads kv head h // (H // K), the grouping splash attention uses too,
+so every backend agrees on which query heads share a kv head.
+
+Backends:
+  xla      einsum + mask + softmax; the reference. Memory quadratic in S.
+  chunked  pure-JAX flash attention (online softmax over blocks, custom VJP);
+           memory linear in S. For long evaluation where no fused kernel exists.
+  splash   TPU Pallas splash attention (interpret mode elsewhere, for tests).
+  cudnn    cuDNN fused attention through jax.nn.dot_product_attention (GPU).
+"""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental.pallas.ops.tpu import splash_attention as splash
+from jax.sharding import PartitionSpec as P
+
+IMPLS = ('auto', 'xla', 'chunked', 'splash', 'cudnn')
+
+# Finite, so that a row with no allowed key yet never computes inf - inf.
+_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+# Above this length the xla kernel's S x S logits dominate memory on CPU.
+_XLA_MAX_LEN = 2048
+_SPLASH_BLOCK = 128
+_BATCH_AXES = ('data', 'fsdp')
+_HEAD_AXIS = 'tensor'
+
+
+def attention(q, k, v, *, impl: str = 'auto', scale: float, segment_ids=None,
+              chunk_size: int = 512, mesh=None):
+  """Causal self-attention. q: [B, S, H, D]; k, v: [B, S, K, D] with K dividing H (GQA; K=1 is MQA).
+
+  segment_ids: optional int32 [B, S]; tokens attend only within equal ids (ids are >=0;
+    0 = padding, treated as its own segment).
+  scale: multiplies q·k logits (callers pass temperature/sqrt(D); kernels must not add
+    their own scaling).
+  impl: auto | xla | chunked | splash | cudnn. auto: splash on TPU, cudnn on GPU (falls
+    back to xla if S unsupported), xla on CPU when S <= 2048 else chunked.
+  mesh: optional jax.sharding.Mesh with axes ('data','fsdp','tensor'); splash runs inside
+    jax.shard_map over batch (data+fsdp) and heads (tensor). If None, use the ambient mesh
+    from jax.sharding.get_abstract_mesh() if it is non-empty, else run unsharded.
+  Returns [B, S, H, D] in q.dtype; softmax computed in float32.
+  """
+  _check_shapes(q, k, v, segment_ids)
+  impl = _resolve_impl(impl, q, segment_ids)
+  if impl == 'xla':
+    mask_BST = _causal_mask(q.shape[1], segment_ids)
+    return masked_attention(q, k, v, scale=scale, mask=mask_BST)
+  if impl == 'chunked':
+    return _chunked_attention(q, k, v, segment_ids, scale=scale,
+                              chunk_size=chunk_size)
+  if impl == 'splash':
+    return _splash_attention(q, k, v, segment_ids, scale=scale, mesh=mesh)
+  return _cudnn_attention(q, k, v, segment_ids, scale=scale)
+
+
+def masked_attention(q, k, v, *, scale: float, mask):
+  """Reference attention with an explicit boolean mask [B, S, T] (True = may attend).
+
+  q: [B, S, H, D]; k, v: [B, T, K, D]. Used by KV-cache decoding. Rows with no allowed
+  key produce zeros, not NaN.
+  """
+  B, S, H, D = q.shape
+  K = k.shape[2]
+  q_BSKGD = q.reshape(B, S, K, H // K, D)
+  logits_BKGST = jnp.einsum('bskgd,btkd->bkgst', q_BSKGD, k,
+                            preferred_element_type=jnp.float32) * scale
+  mask_B11ST = mask[:, None, None]
+  logits_BKGST = jnp.where(mask_B11ST, logits_BKGST, _MASK_VALUE)
+  probs_BKGST = jax.nn.softmax(logits_BKGST, axis=-1)
+  # A fully masked row softmaxes to uniform; zero it instead.
+  probs_BKGST = jnp.where(mask_B11ST, probs_BKGST, 0.0)
+  out_BSKGD = jnp.einsum('bkgst,btkd->bskgd', probs_BKGST.astype(v.dtype), v,
+                         preferred_element_type=jnp.float32)
+  return out_BSKGD.reshape(B, S, H, D).astype(q.dtype)
+
+
+def _check_shapes(q, k, v, segment_ids):
+  B, S, H, D = q.shape
+  if k.shape != v.shape or k.shape[:2] != (B, S) or k.shape[3] != D:
+    raise ValueError(f'attention: k {k.shape} and v {v.shape} must be [B, S, K, D] '
+                     f'matching q {q.shape}.')
+  if H % k.shape[2]:
+    raise ValueError(f'attention: kv heads ({k.shape[2]}) must divide query heads '
+                     f'({H}).')
+  if segment_ids is not None and segment_ids.shape != (B, S):
+    raise ValueError(f'attention: segment_ids {segment_ids.shape} must be [B, S] = '
+                     f'{(B, S)}.')
+
+
+def _resolve_impl(impl, q, segment_ids):
+  """Maps 'auto' to a concrete backend for this platform and shape."""
+  if impl not in IMPLS:
+    raise ValueError(f'attention: unknown impl {impl!r}; allowed: {", ".join(IMPLS)}.')
+  if impl != 'auto':
+    return impl
+  backend = jax.default_backend()
+  S, D = q.shape[1], q.shape[3]
+  if backend == 'tpu' and S % _SPLASH_BLOCK == 0:
+    return 'splash'
+  if backend == 'gpu' and _cudnn_supports(q.dtype, D, segment_ids):
+    return 'cudnn'
+  return 'xla' if S <= _XLA_MAX_LEN else 'chunked'
+
+
+def _causal_mask(S, segment_ids):
+  """[B or 1, S, S] boolean: causal, and within one segment if ids are given."""
+  mask_1SS = jnp.tril(jnp.ones((S, S), dtype=bool))[None]
+  if segment_ids is None:
+    return mask_1SS
+  return mask_1SS & (segment_ids[:, :, None] == segment_ids[:, None, :])
+
+
+# ----------------------------------------------------------------------------------------
+# chunked: flash attention in pure JAX.
+#
+# Arrays are split into N blocks of C tokens with the block index leading, so loops can
+# index blocks: q [N, B, C, K, G, D] (G = H // K query heads per kv head), k/v
+# [N, B, C, K, D], segment ids [N, B, C]. Causality means query block i only visits key
+# blocks j <= i, so loops run over that triangle. The backward recomputes logits block by
+# block from the saved log-sum-exp, so nothing S x S is ever stored.
+# ----------------------------------------------------------------------------------------
+
+
+def _chunked_attention(q, k, v, segment_ids, *, scale, chunk_size):
+  B, S, H, D = q.shape
+  K = k.shape[2]
+  C = min(chunk_size, S)
+  N = -(-S // C)
+  if segment_ids is None:
+    segment_ids = jnp.zeros((B, S), jnp.int32)
+  # Padded keys sit after every real query, so the causal mask already hides them.
+  q_NBCKGD = _to_blocks(q.reshape(B, S, K, H // K, D), N, C)
+  k_NBCKD = _to_blocks(k, N, C)
+  v_NBCKD = _to_blocks(v, N, C)
+  seg_NBC = _to_blocks(segment_ids, N, C)
+  out_NBCKGD = _flash(q_NBCKGD, k_NBCKD, v_NBCKD, seg_NBC, scale)
+  out_BSKGD = jnp.moveaxis(out_NBCKGD, 0, 1).reshape(B, N * C, K, H // K, D)[:, :S]
+  return out_BSKGD.reshape(B, S, H, D)
+
+
+def _to_blocks(x, N, C):
+  """[B, S, ...] -> [N, B, C, ...], zero-padding S up to N * C."""
+  pad = [(0, 0), (0, N * C - x.shape[1])] + [(0, 0)] * (x.ndim - 2)
+  x = jnp.pad(x, pad)
+  return jnp.moveaxis(x.reshape(x.shape[0], N, C, *x.shape[2:]), 1, 0)
+
+
+def _block_logits(q_BCKGD, k_BCKD, seg_q_BC, seg_k_BC, i, j, scale):
+  """Masked float32 logits [B, K, G, Cq, Ck] of query block i against key block j."""
+  C = q_BCKGD.shape[1]
+  logits = jnp.einsum('bqkgd,btkd->bkgqt', q_BCKGD, k_BCKD,
+                      preferred_element_type=jnp.float32) * scale
+  q_pos = i * C + jnp.arange(C)
+  k_pos = j * C + jnp.arange(C)
+  mask_BQT = (q_pos[:, None] >= k_pos[None, :])[None]
+  mask_BQT &= seg_q_BC[:, :, None] == seg_k_BC[:, None, :]
+  return jnp.where(mask_BQT[:, None, None], logits, _MASK_VALUE)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _flash(q, k, v, seg, scale):
+  return _flash_fwd(q, k, v, seg, scale)[0]
+
+
+def _flash_fwd(q_NBCKGD, k_NBCKD, v_NBCKD, seg_NBC, scale):
+  """Online softmax: one pass over key blocks per query block."""
+  N, B, C, K, G, D = q_NBCKGD.shape
+
+  def query_block(i):
+    q_i, seg_i = q_NBCKGD[i], seg_NBC[i]
+
+    def key_block(j, carry):
+      acc_BKGQD, denom_BKGQ, max_BKGQ = carry
+      logits = _block_logits(q_i, k_NBCKD[j], seg_i, seg_NBC[j], i, j, scale)
+      new_max = jnp.maximum(max_BKGQ, logits.max(axis=-1))
+      # While a row has seen only masked keys, new_max is _MASK_VALUE and masked
+      # entries weigh 1; the first allowed key (the diagonal is always one) rescales
+      # that by exp(_MASK_VALUE - real) = 0.
+      probs = jnp.exp(logits - new_max[..., None])
+      rescale = jnp.exp(max_BKGQ - new_max)
+      denom_BKGQ = rescale * denom_BKGQ + probs.sum(axis=-1)
+      acc_BKGQD = rescale[..., None] * acc_BKGQD + jnp.einsum(
+          'bkgqt,btkd->bkgqd', probs.astype(v_NBCKD.dtype), v_NBCKD[j],
+          preferred_element_type=jnp.float32)
+      return acc_BKGQD, denom_BKGQ, new_max
+
+    init = (jnp.zeros((B, K, G, C, D), jnp.float32),
+            jnp.zeros((B, K, G, C), jnp.float32),
+            jnp.full((B, K, G, C), _MASK_VALUE, jnp.float32))
+    acc_BKGQD, denom_BKGQ, max_BKGQ = jax.lax.fori_loop(0, i + 1, key_block, init)
+    out_BKGQD = acc_BKGQD / denom_BKGQ[..., None]
+    lse_BKGQ = max_BKGQ + jnp.log(denom_BKGQ)
+    return jnp.einsum('bkgqd->bqkgd', out_BKGQD).astype(q_NBCKGD.dtype), lse_BKGQ
+
+  out_NBCKGD, lse_NBKGQ = jax.lax.map(query_block, jnp.arange(N))
+  return out_NBCKGD, (q_NBCKGD, k_NBCKD, v_NBCKD, seg_NBC, out_NBCKGD, lse_NBKGQ)
+
+
+def _flash_bwd(scale, residuals, dout_NBCKGD):
+  """FlashAttention-2 backward: per key block, sweep the query blocks that see it."""
+  q_NBCKGD, k_NBCKD, v_NBCKD, seg_NBC, out_NBCKGD, lse_NBKGQ = residuals
+  N = q_NBCKGD.shape[0]
+  # rowsum(dP * P) = rowsum(dout * out), per query and head.
+  delta_NBKGQ = jnp.einsum('nbqkgd,nbqkgd->nbkgq', dout_NBCKGD.astype(jnp.float32),
+                           out_NBCKGD.astype(jnp.float32))
+
+  def key_block(dq_NBCKGD, j):
+    k_j, v_j, seg_j = k_NBCKD[j], v_NBCKD[j], seg_NBC[j]
+
+    def query_block(i, carry):
+      dq_NBCKGD, dk_BCKD, dv_BCKD = carry
+      q_i, dout_i = q_NBCKGD[i], dout_NBCKGD[i]
+      logits = _block_logits(q_i, k_j, seg_NBC[i], seg_j, i, j, scale)
+      probs = jnp.exp(logits - lse_NBKGQ[i][..., None])
+      dv_BCKD += jnp.einsum('bkgqt,bqkgd->btkd', probs.astype(dout_i.dtype), dout_i,
+                            preferred_element_type=jnp.float32)
+      dprobs = jnp.einsum('bqkgd,btkd->bkgqt', dout_i, v_j,
+                          preferred_element_type=jnp.float32)
+      dlogits = probs * (dprobs - delta_NBKGQ[i][..., None]) * scale
+      dk_BCKD += jnp.einsum('bkgqt,bqkgd->btkd', dlogits.astype(q_i.dtype), q_i,
+                            preferred_element_type=jnp.float32)
+      dq_NBCKGD = dq_NBCKGD.at[i].add(jnp.einsum(
+          'bkgqt,btkd->bqkgd', dlogits.astype(k_j.dtype), k_j,
+          preferred_element_type=jnp.float32))
+      return dq_NBCKGD, dk_BCKD, dv_BCKD
+
+    zeros = jnp.zeros(k_j.shape, jnp.float32)
+    dq_NBCKGD, dk_BCKD, dv_BCKD = jax.lax.fori_loop(
+        j, N, query_block, (dq_NBCKGD, zeros, zeros))
+    return dq_NBCKGD, (dk_BCKD, dv_BCKD)
+
+  dq_NBCKGD, (dk_NBCKD, dv_NBCKD) = jax.lax.scan(
+      key_block, jnp.zeros(q_NBCKGD.shape, jnp.float32), jnp.arange(N))
+  return (dq_NBCKGD.astype(q_NBCKGD.dtype), dk_NBCKD.astype(k_NBCKD.dtype),
+          dv_NBCKD.astype(v_NBCKD.dtype), None)
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+# ----------------------------------------------------------------------------------------
+# splash: TPU Pallas kernel; interpret mode on other platforms (tests).
+# ----------------------------------------------------------------------------------------
+
+
+def _splash_attention(q, k, v, segment_ids, *, scale, mesh):
+  S = q.shape[1]
+  if S % _SPLASH_BLOCK:
+    raise ValueError(f"attention impl='splash' needs a sequence length divisible by "
+                     f"{_SPLASH_BLOCK}, got {S}; use impl='xla' or 'chunked'.")
+  q = q * jnp.asarray(scale, q.dtype)  # The kernel does not scale logits.
+  mesh = _resolve_mesh(mesh)
+  if mesh is None:
+    return _splash_local(q, k, v, segment_ids)
+  return _splash_sharded(q, k, v, segment_ids, mesh)
+
+
+def _resolve_mesh(mesh):
+  """The mesh to shard over, or None to run on local arrays as they are."""
+  if mesh is None:
+    mesh = jax.sharding.get_abstract_mesh()
+    # Inside an enclosing shard_map the arrays are already per-device.
+    if mesh.empty or mesh.are_all_axes_manual:
+      return None
+  return mesh if mesh.size > 1 else None
+
+
+def _splash_sharded(q, k, v, segment_ids, mesh):
+  """Runs splash per device: batch over data + fsdp, heads over tensor."""
+  B, _, H, _ = q.shape
+  batch_axes = tuple(a for a in _BATCH_AXES if a in mesh.axis_names)
+  batch_shards = math.prod(mesh.shape[a] for a in batch_axes)
+  head_shards = mesh.shape.get(_HEAD_AXIS, 1)
+  if B % batch_shards or H % head_shards:
+    raise ValueError(
+        f"attention impl='splash': batch {B} must divide by {batch_axes} = "
+        f"{batch_shards} and heads {H} by '{_HEAD_AXIS}' = {head_shards}.")
+  # Repeat kv heads up to lcm(K, head_shards) so each device holds exactly the kv heads
+  # its query heads read (a full replica for MQA); grads sum over the copies.
+  K = k.shape[2]
+  repeats = math.lcm(K, head_shards) // K
+  k = jnp.repeat(k, repeats, axis=2)
+  v = jnp.repeat(v, repeats, axis=2)
+  head_axis = _HEAD_AXIS if _HEAD_AXIS in mesh.axis_names else None
+  qkv_spec = P(batch_axes, None, head_axis, None)
+  args, specs = (q, k, v), (qkv_spec,) * 3
+  if segment_ids is not None:
+    args, specs = args + (segment_ids,), specs + (P(batch_axes, None),)
+  # check_vma=False: the Pallas call carries no varying-axes annotations.
+  return jax.shard_map(_splash_local, mesh=mesh, in_specs=specs, out_specs=qkv_spec,
+                       check_vma=False)(*args)
+
+
+def _splash_local(q_BSHD, k_BSKD, v_BSKD, segment_ids=None):
+  """Splash on arrays local to one device; q is pre-scaled."""
+  _, S, H, _ = q_BSHD.shape
+  kernel = _make_splash_kernel(H, S)
+  q_BHSD = jnp.swapaxes(q_BSHD, 1, 2)
+  k_BKSD = jnp.swapaxes(k_BSKD, 1, 2)
+  v_BKSD = jnp.swapaxes(v_BSKD, 1, 2)
+  if segment_ids is None:
+    out_BHSD = jax.vmap(kernel)(q_BHSD, k_BKSD, v_BKSD)
+  else:
+    seg = splash.SegmentIds(q=segment_ids, kv=segment_ids)
+    out_BHSD = jax.vmap(kernel)(q_BHSD, k_BKSD, v_BKSD, seg)
+  return jnp.swapaxes(out_BHSD, 1, 2)
+
+
+def _make_splash_kernel(num_heads, seq_len):
+  """A causal splash kernel for one example [H, S, D]; its GQA maps h -> h // (H/K)."""
+  block = next(b for b in (512, 256, 128) if seq_len % b == 0)
+  block_sizes = splash.BlockSizes(
+      block_q=block, block_kv=block, block_kv_compute=block,
+      block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
+      block_q_dq=block, block_kv_dq=block)
+  mask = splash.MultiHeadMask([splash.CausalMask((seq_len, seq_len))] * num_heads)
+  return splash.make_splash_mha(
+      mask, block_sizes=block_sizes, head_shards=1, q_seq_shards=1,
+      interpret=jax.default_backend() != 'tpu')
+
+
+# ----------------------------------------------------------------------------------------
+# cudnn: fused attention on NVIDIA GPUs.
+# ----------------------------------------------------------------------------------------
+
+
+def _cudnn_supports(dtype, head_dim, segment_ids):
+  # jax.nn.dot_product_attention takes no segment ids; cuDNN wants 16-bit inputs and a
+  # head dim that is a multiple of 8 and at most 128 (256 on Hopper).
+  return (segment_ids is None and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+          and head_dim % 8 == 0 and head_dim <= 128)
+
+
+def _cudnn_attention(q, k, v, segment_ids, *, scale):
+  if jax.default_backend() != 'gpu':
+    raise ValueError(f"attention impl='cudnn' needs a CUDA GPU; this backend is "
+                     f"{jax.default_backend()!r}. Use impl='auto', 'xla' or 'chunked'.")
+  if segment_ids is not None:
+    raise ValueError(
+        f"attention impl='cudnn' cannot mask segments: jax.nn.dot_product_attention in "
+        f"jax {jax.__version__} takes no segment ids. Use impl='xla' or 'chunked'.")
+  return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True,
+                                      implementation='cudnn')

@@ -1,0 +1,211 @@
+"""Attention kernels against the xla reference (and xla against numpy): forward and grads."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from drope_jax.model import kernels
+
+SCALE = 0.35
+FWD_TOL = dict(atol=1e-5, rtol=1e-5)
+GRAD_TOL = dict(atol=1e-4, rtol=1e-4)
+
+
+def _packed_segment_ids(rng, B, S):
+  """Random packed documents (ids from 1), some rows ending in padding (id 0)."""
+  starts_BS = rng.random((B, S)) < 4 / S
+  ids_BS = 1 + np.cumsum(starts_BS, axis=1)
+  for b in range(0, B, 2):
+    ids_BS[b, S - rng.integers(1, S // 4 + 1):] = 0
+  return jnp.asarray(ids_BS, jnp.int32)
+
+
+def _inputs(B, S, H, K, D, *, seed=0, segments=True):
+  rng = np.random.default_rng(seed)
+  normal = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
+  segment_ids = _packed_segment_ids(rng, B, S) if segments else None
+  return (normal(B, S, H, D), normal(B, S, K, D), normal(B, S, K, D), segment_ids,
+          normal(B, S, H, D))
+
+
+def _fwd_and_grads(fn, q, k, v, cotangent):
+  """fn(q, k, v) and the grads of sum(fn(q, k, v) * cotangent) wrt q, k, v."""
+  out, vjp = jax.vjp(fn, q, k, v)
+  return out, vjp(cotangent)
+
+
+@functools.partial(jax.jit, static_argnames=('impl', 'chunk_size', 'mesh'))
+def _run(q, k, v, segment_ids, cotangent, *, impl, chunk_size=512, mesh=None):
+  fn = functools.partial(kernels.attention, impl=impl, scale=SCALE,
+                         segment_ids=segment_ids, chunk_size=chunk_size, mesh=mesh)
+  return _fwd_and_grads(fn, q, k, v, cotangent)
+
+
+def _assert_matches_xla(q, k, v, segment_ids, cotangent, **kwargs):
+  out, grads = _run(q, k, v, segment_ids, cotangent, **kwargs)
+  ref_out, ref_grads = _run(q, k, v, segment_ids, cotangent, impl='xla')
+  np.testing.assert_allclose(out, ref_out, **FWD_TOL)
+  for name, grad, ref_grad in zip('qkv', grads, ref_grads):
+    np.testing.assert_allclose(grad, ref_grad, err_msg=f'd{name}', **GRAD_TOL)
+
+
+def _numpy_attention(q, k, v, segment_ids):
+  q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+  B, S, H, _ = q.shape
+  k = np.repeat(k, H // k.shape[2], axis=2)
+  v = np.repeat(v, H // v.shape[2], axis=2)
+  logits_BHST = np.einsum('bshd,bthd->bhst', q, k) * SCALE
+  allowed_BST = np.tril(np.ones((S, S), bool))[None]
+  if segment_ids is not None:
+    ids = np.asarray(segment_ids)
+    allowed_BST = allowed_BST & (ids[:, :, None] == ids[:, None, :])
+  logits_BHST = np.where(allowed_BST[:, None], logits_BHST, -np.inf)
+  probs_BHST = np.exp(logits_BHST - logits_BHST.max(-1, keepdims=True))
+  probs_BHST /= probs_BHST.sum(-1, keepdims=True)
+  return np.einsum('bhst,bthd->bshd', probs_BHST, v)
+
+
+def _mesh():
+  return jax.make_mesh((2, 2, 2), ('data', 'fsdp', 'tensor'),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 3)
+
+
+@pytest.mark.parametrize('segments', [False, True])
+@pytest.mark.parametrize('num_kv_heads', [1, 2, 4])
+def test_xla_matches_numpy(num_kv_heads, segments):
+  q, k, v, segment_ids, _ = _inputs(2, 24, 4, num_kv_heads, 8, segments=segments)
+  out = kernels.attention(q, k, v, impl='xla', scale=SCALE, segment_ids=segment_ids)
+  np.testing.assert_allclose(out, _numpy_attention(q, k, v, segment_ids), **FWD_TOL)
+
+
+@pytest.mark.parametrize('seq_len,chunk_size', [(37, 8), (64, 16), (20, 512)])
+@pytest.mark.parametrize('num_kv_heads', [1, 2, 4])
+def test_chunked_matches_xla(num_kv_heads, seq_len, chunk_size):
+  args = _inputs(2, seq_len, 4, num_kv_heads, 8, seed=seq_len)
+  _assert_matches_xla(*args, impl='chunked', chunk_size=chunk_size)
+
+
+def test_chunked_without_segments_matches_xla():
+  args = _inputs(2, 45, 4, 2, 8, segments=False)
+  _assert_matches_xla(*args, impl='chunked', chunk_size=16)
+
+
+def test_chunked_bf16_returns_bf16_close_to_float32():
+  q, k, v, segment_ids, _ = _inputs(1, 40, 4, 2, 16)
+  out = kernels.attention(*(x.astype(jnp.bfloat16) for x in (q, k, v)), impl='chunked',
+                          scale=SCALE, segment_ids=segment_ids, chunk_size=16)
+  ref = kernels.attention(q, k, v, impl='xla', scale=SCALE, segment_ids=segment_ids)
+  assert out.dtype == jnp.bfloat16
+  np.testing.assert_allclose(out.astype(jnp.float32), ref, atol=3e-2)
+
+
+def test_chunked_8k_tokens():
+  """Long context: rows spread over 8K tokens against a reference on those rows only."""
+  S, rows = 8192, np.r_[0:128, 4000:4128, 8192 - 256:8192]
+  q, k, v, segment_ids, cotangent = _inputs(1, S, 2, 1, 16)
+  cotangent = jnp.zeros_like(cotangent).at[:, rows].set(cotangent[:, rows])
+  out, (dq, dk, dv) = _run(q, k, v, segment_ids, cotangent, impl='chunked')
+
+  mask_BRS = kernels._causal_mask(S, segment_ids)[:, rows]
+
+  @jax.jit
+  def reference(q_rows, k, v, cotangent_rows):
+    fn = lambda q_rows, k, v: kernels.masked_attention(q_rows, k, v, scale=SCALE,
+                                                       mask=mask_BRS)
+    return _fwd_and_grads(fn, q_rows, k, v, cotangent_rows)
+
+  ref_out, (ref_dq, ref_dk, ref_dv) = reference(q[:, rows], k, v, cotangent[:, rows])
+  np.testing.assert_allclose(out[:, rows], ref_out, **FWD_TOL)
+  np.testing.assert_allclose(dq[:, rows], ref_dq, **GRAD_TOL)
+  np.testing.assert_allclose(dk, ref_dk, **GRAD_TOL)
+  np.testing.assert_allclose(dv, ref_dv, **GRAD_TOL)
+
+
+def test_chunked_memory_grows_linearly():
+  """Compiled forward+backward scratch memory: x4 tokens must cost far less than x16."""
+
+  def temp_bytes(S):
+    q, k, v, segment_ids, cotangent = (
+        jax.ShapeDtypeStruct(x.shape, x.dtype) for x in _inputs(1, S, 2, 1, 16))
+    compiled = _run.lower(q, k, v, segment_ids, cotangent, impl='chunked').compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+  short, long = temp_bytes(4096), temp_bytes(16384)
+  assert long < 6 * short, (short, long)
+  assert long < 16384 * 16384 * 4 / 16, long  # Far below one f32 S x S matrix.
+
+
+@pytest.mark.parametrize('segments', [False, True])
+@pytest.mark.parametrize('num_kv_heads', [1, 2, 4])
+def test_splash_interpret_matches_xla(num_kv_heads, segments):
+  args = _inputs(2, 256, 4, num_kv_heads, 8, segments=segments)
+  _assert_matches_xla(*args, impl='splash')
+
+
+@pytest.mark.parametrize('num_kv_heads', [1, 2, 4])
+def test_splash_sharded_matches_xla(num_kv_heads):
+  args = _inputs(4, 256, 4, num_kv_heads, 8)
+  _assert_matches_xla(*args, impl='splash', mesh=_mesh())
+
+
+def test_splash_uses_ambient_mesh():
+  q, k, v, segment_ids, cotangent = _inputs(4, 256, 4, 2, 8)
+  with jax.set_mesh(_mesh()):
+    jaxpr = jax.make_jaxpr(functools.partial(_run, impl='splash'))(
+        q, k, v, segment_ids, cotangent)
+    out, _ = _run(q, k, v, segment_ids, cotangent, impl='splash')
+  assert 'shard_map' in str(jaxpr)
+  ref = kernels.attention(q, k, v, impl='xla', scale=SCALE, segment_ids=segment_ids)
+  np.testing.assert_allclose(out, ref, **FWD_TOL)
+
+
+def test_splash_rejects_unaligned_length():
+  q, k, v, _, _ = _inputs(1, 200, 4, 2, 8, segments=False)
+  with pytest.raises(ValueError, match='divisible by 128'):
+    kernels.attention(q, k, v, impl='splash', scale=SCALE)
+
+
+def test_cudnn_on_cpu_raises_clear_error():
+  q, k, v, _, _ = _inputs(1, 16, 4, 2, 8, segments=False)
+  with pytest.raises(ValueError, match="impl='cudnn' needs a CUDA GPU"):
+    kernels.attention(q, k, v, impl='cudnn', scale=SCALE)
+
+
+def test_unknown_impl_raises():
+  q, k, v, _, _ = _inputs(1, 16, 4, 2, 8, segments=False)
+  with pytest.raises(ValueError, match='allowed: auto, xla, chunked, splash, cudnn'):
+    kernels.attention(q, k, v, impl='flash', scale=SCALE)
+
+
+def test_kv_heads_must_divide_query_heads():
+  q, k, v, _, _ = _inputs(1, 16, 4, 3, 8, segments=False)
+  with pytest.raises(ValueError, match='must divide query heads'):
+    kernels.attention(q, k, v, impl='xla', scale=SCALE)
+
+
+@pytest.mark.parametrize('seq_len,expected', [(2048, 'xla'), (2049, 'chunked')])
+def test_auto_on_cpu_picks_by_length(seq_len, expected):
+  q = jax.ShapeDtypeStruct((1, seq_len, 4, 8), jnp.float32)
+  assert kernels._resolve_impl('auto', q, None) == expected
+
+
+def test_masked_attention_matches_xla_with_causal_mask():
+  q, k, v, segment_ids, _ = _inputs(2, 24, 4, 2, 8)
+  mask_BST = kernels._causal_mask(24, segment_ids)
+  out = kernels.masked_attention(q, k, v, scale=SCALE, mask=mask_BST)
+  np.testing.assert_allclose(out, _numpy_attention(q, k, v, segment_ids), **FWD_TOL)
+
+
+def test_masked_attention_fully_masked_rows_are_zero():
+  q, k, v, _, cotangent = _inputs(2, 8, 4, 1, 8, segments=False)
+  mask_BST = jnp.tril(jnp.ones((2, 8, 8), bool)).at[:, 3].set(False)
+  fn = lambda q, k, v: kernels.masked_attention(q, k, v, scale=SCALE, mask=mask_BST)
+  out, grads = _fwd_and_grads(fn, q, k, v, cotangent)
+  np.testing.assert_array_equal(out[:, 3], 0.0)
+  assert np.isfinite(out).all()
+  for grad in grads:
+    assert np.isfinite(grad).all()
+  np.testing.assert_array_equal(grads[0][:, 3], 0.0)
