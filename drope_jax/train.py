@@ -30,9 +30,28 @@ def main(argv):
   try:
     trainer.Trainer(_CONFIG.value, _WORKDIR.value).run()
   except (config_lib.ConfigError, FileNotFoundError, trainer.NonFiniteLossError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    _exit_with(str(e))
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl parsing, with an unknown `--config.x.y` reported as one line, not a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, ValueError) as e:  # ValueError: a config file refusing its arg.
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    # ml_collections embeds the config file's traceback: keep what it says, not where.
+    _exit_with(lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}")
+  except (AttributeError, KeyError) as e:
+    key = str(e).strip("\"'")
+    bad = [a.split("=")[0] for a in argv if a.startswith("--config.") and key in a]
+    _exit_with(f"{bad[0] if bad else key}: no such config key; every key and its "
+               "default is listed in drope_jax/config.py")
+
+
+def _exit_with(message: str):
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

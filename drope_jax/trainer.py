@@ -3,7 +3,8 @@
 A run is a list of phases. RoPE and NoPE runs have one ('pretrain'); a DroPE run has
 'pretrain' (RoPE) until `drope.drop_at_step`, then 'recalibrate' (NoPE, fresh schedule,
 optionally fresh AdamW moments). Each phase gets its own jitted step function. Metrics
-at step s describe the update that starts from the state of checkpoint s.
+at step s describe update s (0-based), which starts from checkpoint s; `eval_loss` on
+that line is measured on the weights the update produced (checkpoint s + 1).
 """
 
 import dataclasses
@@ -152,7 +153,8 @@ class Trainer:
 
   def _save(self, state, data_iter):
     step = int(jax.device_get(state.step))
-    self.ckpt.save(step, state, data_iter, self._meta(step))
+    if self.ckpt.manager.latest_step() != step:
+      self.ckpt.save(step, state, data_iter, self._meta(step))
 
   # --- evaluation ------------------------------------------------------------------
 
@@ -189,8 +191,7 @@ class Trainer:
   def _enter_phase(self, phase: Phase, state, data_iter):
     if phase.name == "recalibrate" and int(jax.device_get(state.step)) == phase.start:
       # The drop point: keep the RoPE weights, then continue as NoPE.
-      if phase.start not in self.ckpt.steps():
-        self._save(state, data_iter)
+      self._save(state, data_iter)
       if self.config.drope.reset_optimizer:
         state = train_step.reset_optimizer(self.built, state)
       self.writer.info(f"step {phase.start}: dropping RoPE; recalibrating as NoPE "
@@ -206,13 +207,13 @@ class Trainer:
     pending = None
     throughput = _Throughput()
     for step in range(int(jax.device_get(state.step)), phase.end):
-      extra = {}
-      if step % cfg.train.eval_every == 0 and step > 0:
-        extra["eval_loss"] = self._evaluate(state, eval_step)
       batch = _global_batch(next(data_iter), self.batch_sharding)
       state, step_metrics = step_fn(state, batch)
       if pending is not None:  # read the previous step while this one runs.
         self._report(*pending, throughput=throughput)
+      extra = {}
+      if (step + 1) % cfg.train.eval_every == 0 or step + 1 == cfg.train.steps:
+        extra["eval_loss"] = self._evaluate(state, eval_step)
       pending = (step, step_metrics, phase, extra)
       if (step + 1) % cfg.checkpoint.every_steps == 0 and step + 1 < cfg.train.steps:
         self._save(state, data_iter)
@@ -223,9 +224,6 @@ class Trainer:
         self.writer.info(f"preempted: saved step {step + 1}; exiting cleanly")
         return None
     self._report(*pending, throughput=throughput)
-    if phase.end == cfg.train.steps:
-      self.writer.write(phase.end, dict(phase=phase.name,
-                                        eval_loss=self._evaluate(state, eval_step)))
     return state
 
   def _report(self, step, step_metrics, phase, extra, *, throughput):
@@ -245,38 +243,31 @@ class Trainer:
     record = dict(phase=phase.name, loss=float(m["loss"]), lr=float(m["lr"]),
                   grad_norm=float(m["grad_norm"]),
                   tokens_seen=(step + 1) * self.tokens_per_step, **extra)
-    if tokens_per_sec is not None:
-      record["tokens_per_sec"] = tokens_per_sec
-      if self.peak_flops:
-        record["mfu"] = flops.mfu(tokens_per_sec / jax.device_count(),
-                                  self.flops_per_token, self.peak_flops)
+    record["tokens_per_sec"] = tokens_per_sec
+    if self.peak_flops:
+      record["mfu"] = flops.mfu(tokens_per_sec / jax.device_count(),
+                                self.flops_per_token, self.peak_flops)
     throughput.reset()
     self.writer.write(step, record)
 
   def _finish(self, state, data_iter):
     steps = self.config.train.steps
-    if steps not in self.ckpt.steps():
-      self._save(state, data_iter)
+    self._save(state, data_iter)
     self.ckpt.wait()
     self.writer.info(f"done: {steps} steps; checkpoints in {self.ckpt.directory}")
 
 
 class _Throughput:
-  """Tokens/s over the steps finished since the last log; the first step (which
-  compiles) only starts the clock."""
+  """Tokens/s over the steps finished since the last log (the first window of a phase
+  includes compiling its step function)."""
 
   def __init__(self):
-    self._since = None
+    self._since = time.perf_counter()
     self._tokens = 0
 
-  def tick(self, tokens: int) -> float | None:
-    now = time.perf_counter()
-    if self._since is None:
-      self._since = now
-      return None
+  def tick(self, tokens: int) -> float:
     self._tokens += tokens
-    return self._tokens / (now - self._since)
+    return self._tokens / (time.perf_counter() - self._since)
 
   def reset(self):
-    if self._tokens:
-      self._since, self._tokens = time.perf_counter(), 0
+    self._since, self._tokens = time.perf_counter(), 0

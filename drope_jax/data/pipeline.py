@@ -326,5 +326,20 @@ class _LanesToBatchIterator(grain.DatasetIterator):
 
   def set_state(self, state):
     for lane, lane_state in zip(self._parents, state["lanes"]):
-      lane.set_state(lane_state)
+      lane.set_state(_with_slice_tuples(lane_state))
     self._finished = list(state["finished"])
+
+
+def _with_slice_tuples(state):
+  """Undoes JSON's tuple -> list on ConcatThenSplit slices.
+
+  grain (0.2.18) compares them with the tuple (-1, -1), so a state restored
+  from a grain.checkpoint JSON file would otherwise replay a wrong remainder.
+  """
+  if isinstance(state, dict):
+    return {key: ({k: tuple(v) for k, v in value.items()}
+                  if key == "remainder_slices" else _with_slice_tuples(value))
+            for key, value in state.items()}
+  if isinstance(state, list):
+    return [_with_slice_tuples(item) for item in state]
+  return state

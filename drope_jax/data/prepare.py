@@ -34,23 +34,6 @@ import numpy as np
 from drope_jax.data import sources
 from drope_jax.data import tokenizers
 
-_INPUT = flags.DEFINE_string(
-    "input", None, "Comma-separated globs of .txt/.jsonl/.jsonl.gz/.parquet "
-    "files, local or gs://.", required=True)
-_OUTPUT = flags.DEFINE_string(
-    "output", None, "Output directory, local or gs://.", required=True)
-_TOKENIZER = flags.DEFINE_string(
-    "tokenizer", "byte", "byte | sentencepiece:PATH | hf:PATH")
-_TEXT_FIELD = flags.DEFINE_string(
-    "text_field", "text", "JSON field / Parquet column holding the text.")
-_WORKERS = flags.DEFINE_integer(
-    "workers", os.cpu_count(), "Tokenizer processes (1 = tokenize inline).")
-_DOCS_PER_SHARD = flags.DEFINE_integer(
-    "docs_per_shard", 1024, "Documents per ArrayRecord shard.", lower_bound=1)
-_EVAL_FRACTION = flags.DEFINE_float(
-    "eval_fraction", 0.05, "Share of documents held out in eval shards.",
-    lower_bound=0.0, upper_bound=1.0)
-
 # Texts per tokenizer task: big enough to amortise the pickling round trip.
 _CHUNK_CHARS = 1 << 20
 
@@ -92,29 +75,31 @@ def prepare(*, input_patterns: str, output: str, tokenizer_spec: str,
                    "eval_fraction": eval_fraction},
       "inputs": paths,
   }
-  done = _finished_shards(out, manifest)
-  manifest["splits"] = {split: {"shards": []} for split in sources.SPLITS}
+  finished = _finished_shards(out, manifest)
   out.mkdir(parents=True, exist_ok=True)
-  _write_json(out / sources.MANIFEST, manifest)
+  _write_json(out / sources.MANIFEST, _with_splits(manifest, finished.values()))
 
   stats = sources.ReadStats()
   per_file = {}
+  planned = []
   progress = _Progress()
   with _Tokenizer(tokenizer_spec, workers, dtype) as tokenize:
     for split, index, texts in _shard_plan(paths, text_field, docs_per_shard,
                                            eval_fraction, stats, per_file):
       name = sources.shard_name(split, index)
-      shard = done.get(name)
+      shard = finished.get(name)
       if shard is None or shard["documents"] != len(texts):
-        shard = _write_shard(out, name, tokenize(texts), dtype)
+        shard = finished[name] = _write_shard(out, name, tokenize(texts), dtype)
         progress.tokenized += shard["tokens"]
+        # Recorded at once: a run stopped after this point keeps this shard.
+        _write_json(out / sources.MANIFEST,
+                    _with_splits(manifest, finished.values()))
         verb = "wrote"
       else:
         verb = "skipped finished"
-      manifest["splits"][split]["shards"].append(shard)
+      planned.append(shard)
       progress.documents += shard["documents"]
       progress.tokens += shard["tokens"]
-      _write_json(out / sources.MANIFEST, manifest)
       progress.report(f"{verb} {name}")
 
   for path in stats.empty_files:
@@ -126,9 +111,7 @@ def prepare(*, input_patterns: str, output: str, tokenizer_spec: str,
   if not stats.documents:
     raise sources.InputError(f"no documents in {input_patterns!r}: every "
                              "input is empty.")
-  for split_info in manifest["splits"].values():
-    split_info["documents"] = sum(s["documents"] for s in split_info["shards"])
-    split_info["tokens"] = sum(s["tokens"] for s in split_info["shards"])
+  manifest = _with_splits(manifest, planned)
   manifest.update(
       complete=True,
       documents=progress.documents,
@@ -154,6 +137,10 @@ def _finished_shards(out: epath.Path, manifest: dict) -> dict[str, dict]:
           "choose an empty or new --output.")
     return {}
   previous = json.loads(manifest_path.read_text())
+  shards = [shard for split in previous.get("splits", {}).values()
+            for shard in split["shards"]]
+  if not previous.get("complete") and not shards:
+    return {}  # An earlier run failed before writing anything: start afresh.
   for key, what in (("tokenizer", "tokenizer"), ("settings", "settings"),
                     ("inputs", "input files")):
     if previous.get(key) != manifest[key]:
@@ -162,10 +149,20 @@ def _finished_shards(out: epath.Path, manifest: dict) -> dict[str, dict]:
           f"{out} was prepared with other {what} (tokenizer {spec!r}, "
           f"{key}: {previous.get(key)}; now {manifest[key]}). Nothing was "
           "changed: use another --output, or delete that directory to redo it.")
-  return {shard["file"]: shard
-          for split in previous.get("splits", {}).values()
-          for shard in split["shards"]
+  return {shard["file"]: shard for shard in shards
           if (out / shard["file"]).exists()}
+
+
+def _with_splits(manifest: dict, shards) -> dict:
+  """`manifest` listing `shards` by split, in shard order, with totals."""
+  splits = {}
+  for split in sources.SPLITS:
+    listed = sorted((s for s in shards if s["file"].startswith(f"{split}-")),
+                    key=lambda s: s["file"])
+    splits[split] = {"shards": listed,
+                     "documents": sum(s["documents"] for s in listed),
+                     "tokens": sum(s["tokens"] for s in listed)}
+  return {**manifest, "splits": splits}
 
 
 def _shard_plan(paths, text_field, docs_per_shard, eval_fraction, stats,
@@ -284,17 +281,40 @@ def _write_json(path: epath.Path, data: dict) -> None:
     staged.rename(path)
 
 
+def _define_flags() -> None:
+  """Only when run as a program: importing `prepare` next to other programs'
+  flags (evaluate also has --text_field) must not clash."""
+  flags.DEFINE_string(
+      "input", None, "Comma-separated globs of .txt/.jsonl/.jsonl.gz/.parquet "
+      "files, local or gs://.", required=True)
+  flags.DEFINE_string(
+      "output", None, "Output directory, local or gs://.", required=True)
+  flags.DEFINE_string(
+      "tokenizer", "byte", "byte | sentencepiece:PATH | hf:PATH")
+  flags.DEFINE_string(
+      "text_field", "text", "JSON field / Parquet column holding the text.")
+  flags.DEFINE_integer(
+      "workers", os.cpu_count(), "Tokenizer processes (1 = tokenize inline).",
+      lower_bound=1)
+  flags.DEFINE_integer(
+      "docs_per_shard", 1024, "Documents per ArrayRecord shard.", lower_bound=1)
+  flags.DEFINE_float(
+      "eval_fraction", 0.05, "Share of documents held out in eval shards.",
+      lower_bound=0.0, upper_bound=1.0)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  f = flags.FLAGS
   try:
-    prepare(input_patterns=_INPUT.value, output=_OUTPUT.value,
-            tokenizer_spec=_TOKENIZER.value, text_field=_TEXT_FIELD.value,
-            workers=_WORKERS.value, docs_per_shard=_DOCS_PER_SHARD.value,
-            eval_fraction=_EVAL_FRACTION.value)
+    prepare(input_patterns=f.input, output=f.output, tokenizer_spec=f.tokenizer,
+            text_field=f.text_field, workers=f.workers,
+            docs_per_shard=f.docs_per_shard, eval_fraction=f.eval_fraction)
   except (sources.InputError, FileNotFoundError, ValueError) as e:
     sys.exit(f"prepare: error: {e}")
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

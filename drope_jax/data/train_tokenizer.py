@@ -24,22 +24,6 @@ from drope_jax.data import sources
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")
 
-_INPUT = flags.DEFINE_string(
-    "input", None, "Comma-separated globs of .txt/.jsonl/.jsonl.gz/.parquet "
-    "files, local or gs://.", required=True)
-_OUTPUT = flags.DEFINE_string(
-    "output", None, "Where to write tokenizer.json (local or gs://).",
-    required=True)
-_VOCAB_SIZE = flags.DEFINE_integer(
-    "vocab_size", 8192, "Vocabulary size, special tokens included.",
-    lower_bound=256 + len(SPECIAL_TOKENS))
-_TEXT_FIELD = flags.DEFINE_string(
-    "text_field", "text", "JSON field / Parquet column holding the text.")
-_EVAL_FRACTION = flags.DEFINE_float(
-    "eval_fraction", 0.05, "Documents held out as in `prepare`; not trained "
-    "on.", lower_bound=0.0, upper_bound=1.0)
-
-
 def train(*, input_patterns: str, vocab_size: int, text_field: str = "text",
           eval_fraction: float = 0.05) -> tokenizers.Tokenizer:
   """A byte-level BPE tokenizer trained on the training documents."""
@@ -65,20 +49,39 @@ def train(*, input_patterns: str, vocab_size: int, text_field: str = "text",
   return tokenizer
 
 
+def _define_flags() -> None:
+  """Only when run as a program (see `prepare._define_flags`)."""
+  flags.DEFINE_string(
+      "input", None, "Comma-separated globs of .txt/.jsonl/.jsonl.gz/.parquet "
+      "files, local or gs://.", required=True)
+  flags.DEFINE_string(
+      "output", None, "Where to write tokenizer.json (local or gs://).",
+      required=True)
+  flags.DEFINE_integer(
+      "vocab_size", 8192, "Vocabulary size, special tokens included.",
+      lower_bound=256 + len(SPECIAL_TOKENS))
+  flags.DEFINE_string(
+      "text_field", "text", "JSON field / Parquet column holding the text.")
+  flags.DEFINE_float(
+      "eval_fraction", 0.05, "Documents held out as in `prepare`; not trained "
+      "on.", lower_bound=0.0, upper_bound=1.0)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  f = flags.FLAGS
   start = time.monotonic()
   try:
-    tokenizer = train(input_patterns=_INPUT.value, vocab_size=_VOCAB_SIZE.value,
-                      text_field=_TEXT_FIELD.value,
-                      eval_fraction=_EVAL_FRACTION.value)
+    tokenizer = train(input_patterns=f.input, vocab_size=f.vocab_size,
+                      text_field=f.text_field, eval_fraction=f.eval_fraction)
   except (sources.InputError, ValueError) as e:
     sys.exit(f"train_tokenizer: error: {e}")
-  epath.Path(_OUTPUT.value).write_text(tokenizer.to_str(pretty=True))
-  print(f"train_tokenizer: wrote {_OUTPUT.value} ({tokenizer.get_vocab_size()} "
+  epath.Path(f.output).write_text(tokenizer.to_str(pretty=True))
+  print(f"train_tokenizer: wrote {f.output} ({tokenizer.get_vocab_size()} "
         f"tokens) in {time.monotonic() - start:.1f}s", file=sys.stderr)
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

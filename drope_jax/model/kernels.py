@@ -255,7 +255,8 @@ def _splash_attention(q, k, v, segment_ids, *, scale, mesh):
   if S % _SPLASH_BLOCK:
     raise ValueError(f"attention impl='splash' needs a sequence length divisible by "
                      f"{_SPLASH_BLOCK}, got {S}; use impl='xla' or 'chunked'.")
-  q = q * jnp.asarray(scale, q.dtype)  # The kernel does not scale logits.
+  # The kernel does not scale logits; scale in float32 so bf16 q keeps scale exact.
+  q = (q.astype(jnp.float32) * scale).astype(q.dtype)
   mesh = _resolve_mesh(mesh)
   if mesh is None:
     return _splash_local(q, k, v, segment_ids)

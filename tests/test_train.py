@@ -1,0 +1,131 @@
+"""End to end through `python -m drope_jax.train`: loss, the drop, resume, bad configs."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+SMALL = [
+    "--config=configs/tiny.py",
+    "--config.model.d_model=64", "--config.model.d_ff=128", "--config.model.n_layers=2",
+    "--config.model.n_heads=2", "--config.model.n_kv_heads=1", "--config.model.head_dim=32",
+    "--config.train.seq_len=64", "--config.train.batch_size=8", "--config.train.steps=24",
+    "--config.train.warmup_steps=4", "--config.train.log_every=4",
+    "--config.train.eval_every=8", "--config.train.eval_batches=1",
+    "--config.drope.drop_at_step=16", "--config.drope.warmup_steps=2",
+    "--config.checkpoint.every_steps=8",
+]
+
+
+def _env():
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+  env.pop("XLA_FLAGS", None)  # one CPU device, like a user's laptop.
+  return env
+
+
+def train(workdir, *extra, check=True):
+  cmd = [sys.executable, "-m", "drope_jax.train", f"--workdir={workdir}", *SMALL, *extra]
+  result = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True,
+                          timeout=600)
+  if check and result.returncode:
+    raise AssertionError(f"train failed ({result.returncode}):\n{result.stderr[-3000:]}")
+  return result
+
+
+def read_metrics(workdir) -> dict[int, dict]:
+  """The last record per step (a resumed run may log a step again)."""
+  records = {}
+  for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines():
+    record = json.loads(line)
+    records.setdefault(record["step"], {}).update(record)
+  return records
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("run")
+  result = train(workdir)
+  return workdir, result
+
+
+def test_loss_falls_and_rope_is_dropped_at_drop_at_step(finished_run):
+  workdir, _ = finished_run
+  metrics = read_metrics(workdir)
+  losses = [m["loss"] for _, m in sorted(metrics.items()) if "loss" in m]
+  assert losses[-1] < losses[0] - 1.0
+  phases = {step: m["phase"] for step, m in metrics.items() if "loss" in m}
+  assert all(p == "pretrain" for s, p in phases.items() if s < 16)
+  assert all(p == "recalibrate" for s, p in phases.items() if s >= 16)
+  assert phases[16] == "recalibrate"
+  assert "eval_loss" in metrics[23] and "eval_loss" in metrics[7]
+  for m in metrics.values():
+    assert {"step", "loss", "lr", "phase", "tokens_seen", "tokens_per_sec"} <= m.keys()
+  steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()
+                 if p.name.isdigit())
+  assert 16 in steps and 24 in steps
+  assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_the_same_command_resumes_instead_of_restarting(finished_run):
+  workdir, _ = finished_run
+  lines_before = (workdir / "metrics.jsonl").read_text().count("\n")
+  again = train(workdir)
+  assert "resumed from" in again.stdout
+  assert (workdir / "metrics.jsonl").read_text().count("\n") == lines_before
+
+
+def test_sigterm_saves_and_a_restart_matches_the_uninterrupted_run(finished_run, tmp_path):
+  uninterrupted, _ = finished_run
+  workdir = tmp_path / "preempted"
+  cmd = [sys.executable, "-m", "drope_jax.train", f"--workdir={workdir}", *SMALL]
+  proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 300
+  metrics = workdir / "metrics.jsonl"
+  while time.time() < deadline:  # stop it somewhere after the first few steps.
+    if metrics.exists() and '"step": 4' in metrics.read_text():
+      break
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)
+  stdout, stderr = proc.communicate(timeout=300)
+  assert proc.returncode == 0, stderr[-3000:]
+  assert "preempted: saved step" in stdout
+  train(workdir)
+  resumed, reference = _final_params(workdir), _final_params(uninterrupted)
+  assert jax.tree.structure(resumed) == jax.tree.structure(reference)
+  jax.tree.map(np.testing.assert_array_equal, resumed, reference)
+  a, b = read_metrics(workdir), read_metrics(uninterrupted)
+  assert [a[s]["loss"] for s in sorted(a) if "loss" in a[s]] == \
+         [b[s]["loss"] for s in sorted(b) if "loss" in b[s]]
+
+
+def _final_params(workdir):
+  """Reads the step-24 parameters with orbax, as numpy arrays."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  path = pathlib.Path(workdir) / "checkpoints" / "24" / "state"
+  with ocp.StandardCheckpointer() as checkpointer:
+    restored = checkpointer.restore(path)
+  return restored["params"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.model.pos_emb=foo", "model.pos_emb"),
+    ("--config.model.not_a_key=1", "not_a_key"),
+    ("--config.train.steps=many", "train.steps"),
+    ("--config.drope.drop_at_step=99", "drop_at_step"),
+])
+def test_config_errors_exit_nonzero_with_a_clear_message(tmp_path, override, message):
+  workdir = tmp_path / "bad"
+  result = train(workdir, override, check=False)
+  assert result.returncode != 0
+  assert message in result.stderr
+  assert "Traceback" not in result.stderr
+  assert not (workdir / "checkpoints").exists()
