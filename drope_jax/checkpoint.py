@@ -1,21 +1,31 @@
 """One orbax CheckpointManager per run: train state, data iterator and metadata together.
 
-Saves are asynchronous (the step loop does not wait for the write). Orbax writes each
-step to a temporary directory and renames it when complete, so a step directory that a
-killed process left half-written is never listed as a checkpoint. A checkpoint that is
-listed but fails to restore is skipped with a warning and the one before it is used.
+Saves are asynchronous: `save()` returns once the arrays are copied off the devices and
+the write continues in the background. A step becomes a checkpoint only when its write
+completes (locally orbax renames `<step>.orbax-checkpoint-tmp`; on gs:// it writes
+`commit_success.txt` last), so a save that a killed process left half-done is never
+listed. A listed checkpoint that fails to restore is skipped with a warning and the
+one before it is used; the bad one is then moved aside to `<step>.corrupt`.
 """
 
 import pathlib
 import subprocess
-from typing import Any
+import time
+from typing import Any, Callable, Sequence
 
 import grain
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 
 STATE, DATA_ITER, META = "state", "data_iter", "meta"
+
+
+class RestoreError(RuntimeError):
+  """No checkpoint of a run restores."""
 
 
 def code_version() -> str:
@@ -35,6 +45,19 @@ def _preservation(ckpt_config, keep_steps: tuple[int, ...]):
   if keep_steps:
     policies.append(ocp.checkpoint_managers.CustomSteps(keep_steps))
   return ocp.checkpoint_managers.AnyPreservationPolicy(policies)
+
+
+def path_key(path) -> tuple[str, ...]:
+  """A pytree path as strings, the same for a live state and orbax's saved tree."""
+  return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+               for k in path)
+
+
+def _all_agree(ok: bool) -> bool:
+  """True when every process says ok: hosts must fall back past a step together."""
+  if jax.process_count() == 1:
+    return ok
+  return bool(np.all(multihost_utils.process_allgather(np.asarray(ok))))
 
 
 class Checkpointer:
@@ -62,7 +85,8 @@ class Checkpointer:
     return self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
   def steps(self) -> list[int]:
-    return sorted(self.manager.all_steps(read=True))
+    self.manager.reload()
+    return sorted(self.manager.all_steps())
 
   def read_meta(self, step: int) -> dict[str, Any]:
     restored = self.manager.restore(step, args=ocp.args.Composite(
@@ -78,25 +102,93 @@ class Checkpointer:
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     return restored[STATE], restored[META]
 
-  def restore_latest(self, abstract_state, data_iter=None, *, at_most: int | None = None):
-    """The newest checkpoint that restores; (None, None, None) when there is none."""
+  def restore_latest(self, abstract_state, data_iter=None, *,
+                     check_meta: Callable[[int, dict], None] | None = None):
+    """The newest checkpoint that restores: (step, state, meta), or (None,) * 3.
+
+    `check_meta(step, meta)` runs before the state is read; what it raises (say, a
+    config that does not fit the checkpoint) propagates: that is not corruption.
+    Checkpoints newer than the one used that failed are moved aside. When none
+    restores, nothing is moved and RestoreError is raised: the cause is then more
+    likely the code or the config than the files.
+    """
+    failed = []
     for step in reversed(self.steps()):
-      if at_most is not None and step > at_most:
-        continue
+      meta, error = None, None
       try:
-        state, meta = self.restore(step, abstract_state, data_iter)
+        meta = self.read_meta(step)
       except Exception as e:  # pylint: disable=broad-except
-        # A corrupt checkpoint must not end a month-long run: fall back to the previous.
-        logging.warning("checkpoint at step %d in %s could not be restored (%s: %s); "
-                        "trying the previous one", step, self.directory,
-                        type(e).__name__, e)
-        continue
-      return step, state, meta
+        error = e
+      if _all_agree(error is None):
+        if check_meta is not None:
+          check_meta(step, meta)
+        try:
+          state, _ = self.restore(step, abstract_state, data_iter)
+        except Exception as e:  # pylint: disable=broad-except
+          error = e
+        if _all_agree(error is None):
+          for bad in failed:
+            self._quarantine(bad)
+          return step, state, meta
+      reason = f"{type(error).__name__}: {error}" if error else "failed on another host"
+      logging.warning("checkpoint %s/%d could not be restored (%s); trying the "
+                      "previous one", self.directory, step, reason)
+      failed.append(step)
+    if failed:
+      raise RestoreError(
+          f"no checkpoint in {self.directory} restores (steps {sorted(failed)}; the "
+          "warnings above say why); nothing was moved. If the code or the config "
+          "changed since they were written, run the matching version, or start in a "
+          "new workdir")
     return None, None, None
+
+  def _quarantine(self, step: int):
+    """Moves a checkpoint that did not restore to `<step>.corrupt`, keeping its files:
+    it must neither vanish without a trace nor block that step from being saved again.
+    """
+    aside = self.directory / f"{step}.corrupt"
+    if aside.exists():
+      aside = self.directory / f"{step}.corrupt-{int(time.time())}"
+    logging.warning("moving the unreadable checkpoint %s/%d to %s", self.directory,
+                    step, aside)
+    if jax.process_index() == 0:
+      (self.directory / str(step)).rename(aside)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"drope_quarantine_{step}")
+    self.manager.reload()
+
+  def restore_parts(self, step: int, abstract_state, parts: Sequence[str]) -> dict:
+    """Restores the top-level `parts` ('params', 'opt_state') of a saved state.
+
+    Leaves are matched to `abstract_state` by path and restored onto its shardings.
+    Returns {path_key: array}. A saved leaf with no counterpart of the same shape in
+    `abstract_state` raises ValueError naming it.
+    """
+    path = self.directory / str(step) / STATE
+    targets = {path_key(p): leaf
+               for p, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
+    with ocp.PyTreeCheckpointer() as checkpointer:
+      saved = checkpointer.metadata(path).item_metadata.tree
+
+      def target(p, saved_leaf):
+        key = path_key(p)
+        if key not in targets or tuple(targets[key].shape) != tuple(saved_leaf.shape):
+          found = targets[key].shape if key in targets else "no such array"
+          raise ValueError(f"{'/'.join(key)} {tuple(saved_leaf.shape)} in {path} does "
+                           f"not fit this model ({found})")
+        return targets[key]
+
+      item = {part: jax.tree_util.tree_map_with_path(
+          lambda p, leaf, part=part: target((part, *p), leaf), saved[part])
+              for part in parts}
+      restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+          item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+          partial_restore=True))
+    return {path_key(p): leaf
+            for p, leaf in jax.tree_util.tree_flatten_with_path(restored)[0]}
 
   def wait(self):
     self.manager.wait_until_finished()
 
   def close(self):
     self.manager.close()
-

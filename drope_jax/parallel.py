@@ -3,6 +3,12 @@
 Parameters and activations are annotated with logical names ('embed', 'heads', ...);
 `RULES` decides where each lives on the mesh (data, fsdp, tensor). Changing the
 parallelism of a run means changing `mesh.shape` in its config, never the model code.
+
+A mesh axis that does not divide a dimension is dropped from that dimension's sharding
+(the dimension is replicated over it) with a warning, instead of failing in XLA: e.g.
+2 kv heads on tensor=4 keep a full copy of k/v weights per tensor shard (as Megatron
+does for GQA), and a vocabulary of 50257 on tensor=2 keeps the whole table. The batch is
+the exception: `check_batch` asks for a batch that splits evenly.
 """
 
 import contextlib
@@ -11,14 +17,18 @@ from typing import Sequence
 
 import jax
 import numpy as np
+from absl import logging
 from flax import nnx
 from jax.experimental import mesh_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from drope_jax import config as config_lib
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
-# logical name -> mesh axes. FSDP shards every weight along its embedding dimension;
-# tensor parallelism splits heads, kv heads, MLP width and vocabulary.
+# logical name -> mesh axes. FSDP shards every weight along its embedding dimension and
+# the batch with `data`; tensor parallelism splits heads, kv heads, MLP width and the
+# vocabulary, in weights and in the activations between the matmuls they feed.
 RULES = (
     ("batch", ("data", "fsdp")),
     ("vocab", "tensor"),
@@ -34,10 +44,11 @@ RULES = (
     ("act_vocab", "tensor"),
 )
 _RULES = dict(RULES)
+_warned: set = set()
 
 
-class MeshError(ValueError):
-  """A mesh shape that does not fit the devices or the model."""
+class MeshError(config_lib.ConfigError):
+  """A mesh shape that does not fit the devices, the model or the batch."""
 
 
 def resolve_shape(shape: Sequence[int], n_devices: int) -> tuple[int, ...]:
@@ -58,44 +69,135 @@ def resolve_shape(shape: Sequence[int], n_devices: int) -> tuple[int, ...]:
 
 
 def make_mesh(mesh_config, devices=None) -> jax.sharding.Mesh:
-  """Builds the (data, fsdp, tensor) mesh; slices (DCN) multiply the data axis."""
+  """The (data, fsdp, tensor) mesh: `shape` within a slice (ICI) times `dcn_shape`
+  across slices, so each axis spans shape[i] * dcn_shape[i] devices."""
   devices = jax.devices() if devices is None else list(devices)
   dcn_shape = tuple(int(s) for s in mesh_config.dcn_shape)
+  if len(dcn_shape) != len(MESH_AXES) or min(dcn_shape) < 1:
+    raise MeshError(f"mesh.dcn_shape={dcn_shape} needs {len(MESH_AXES)} positive entries")
   n_slices = math.prod(dcn_shape)
   if len(devices) % n_slices:
     raise MeshError(f"mesh.dcn_shape={dcn_shape} does not divide {len(devices)} devices")
   ici_shape = resolve_shape(mesh_config.shape, len(devices) // n_slices)
   if n_slices > 1:
-    device_array = mesh_utils.create_hybrid_device_mesh(
-        ici_shape, dcn_shape, devices=devices)
+    device_array = _hybrid_device_array(ici_shape, dcn_shape, devices)
   else:
-    try:
-      device_array = mesh_utils.create_device_mesh(ici_shape, devices=devices)
-    except (AssertionError, NotImplementedError, ValueError):
-      # Topology-aware placement is only defined for some platforms and shapes.
-      device_array = np.asarray(devices).reshape(ici_shape)
+    device_array = _device_array(ici_shape, devices)
   return jax.sharding.Mesh(
       device_array, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
 
 
-def logical_to_spec(names: Sequence[str | None]) -> P:
-  return P(*(_RULES[n] if n is not None else None for n in names))
+def _device_array(shape, devices) -> np.ndarray:
+  """Devices laid out so that neighbours on the mesh are neighbours on the torus."""
+  for split in (False, True):
+    try:
+      return mesh_utils.create_device_mesh(shape, devices=devices,
+                                           allow_split_physical_axes=split)
+    except (AssertionError, NotImplementedError, ValueError):
+      pass
+  if devices[0].platform == "tpu":
+    logging.warning("mesh.shape=%s does not map onto the TPU torus; using device order "
+                    "(slower collectives)", shape)
+  # Process-major order: each process holds a contiguous block of the outer axes.
+  return np.asarray(devices).reshape(shape)
 
 
-def logical_sharding(mesh, names: Sequence[str | None]) -> NamedSharding:
-  return NamedSharding(mesh, logical_to_spec(names))
+def _hybrid_device_array(ici_shape, dcn_shape, devices) -> np.ndarray:
+  # TPU slices carry `slice_index`; elsewhere (GPU hosts, CPU tests) a process is a slice.
+  by_process = getattr(devices[0], "slice_index", None) is None
+  try:
+    return mesh_utils.create_hybrid_device_mesh(
+        ici_shape, dcn_shape, devices=devices, process_is_granule=by_process,
+        allow_split_physical_axes=True)
+  except ValueError as e:
+    unit = "processes" if by_process else "slices"
+    raise MeshError(f"mesh.dcn_shape={dcn_shape} needs {math.prod(dcn_shape)} {unit} of "
+                    f"{math.prod(ici_shape)} devices each ({e})") from e
+
+
+def _mesh_axes(name: str | None) -> tuple[str, ...]:
+  if name is None:
+    return ()
+  if name not in _RULES:
+    raise KeyError(f"logical axis {name!r} is not in parallel.RULES")
+  axes = _RULES[name]
+  return () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+
+
+def _fit(name, dim: int, mesh) -> tuple[str, ...]:
+  """The longest prefix of `name`'s mesh axes whose product divides `dim`."""
+  axes = tuple(a for a in _mesh_axes(name) if a in mesh.axis_names)
+  kept = []
+  for axis in axes:
+    if dim % (math.prod(mesh.shape[a] for a in kept) * mesh.shape[axis]):
+      break
+    kept.append(axis)
+  dropped = axes[len(kept):]
+  if any(mesh.shape[a] > 1 for a in dropped) and (name, dim, dropped) not in _warned:
+    _warned.add((name, dim, dropped))
+    logging.warning("'%s' of size %d does not split over mesh axes %s %s: replicated "
+                    "over them", name, dim, dropped,
+                    tuple(mesh.shape[a] for a in dropped))
+  return tuple(kept)
+
+
+def logical_to_spec(names: Sequence[str | None], shape: Sequence[int] | None = None,
+                    mesh=None) -> P:
+  """The PartitionSpec of logical `names`; given a shape and mesh, one that divides it."""
+  if shape is None or mesh is None:
+    entries = [_mesh_axes(n) for n in names]
+  else:
+    entries = [_fit(n, d, mesh) for n, d in zip(names, shape, strict=True)]
+  return P(*(e[0] if len(e) == 1 else e or None for e in entries))
+
+
+def logical_sharding(mesh, names: Sequence[str | None], shape=None) -> NamedSharding:
+  return NamedSharding(mesh, logical_to_spec(names, shape, mesh))
+
+
+def fit_names(names: Sequence[str | None], shape: Sequence[int]) -> tuple:
+  """`names` for a parameter of `shape` on the current mesh: a name whose mesh axes do
+  not divide its dimension becomes None (replicated). Without a mesh, unchanged."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return tuple(names)
+  return tuple(n if len(_fit(n, d, mesh)) == len(_present(n, mesh)) else None
+               for n, d in zip(names, shape, strict=True))
+
+
+def _present(name, mesh) -> tuple[str, ...]:
+  return tuple(a for a in _mesh_axes(name) if a in mesh.axis_names)
 
 
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
   """Pins an activation's sharding where XLA's propagation needs a hint."""
   mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty:
+  if mesh.empty or mesh.are_all_axes_manual:
     return x
-  return jax.lax.with_sharding_constraint(x, logical_to_spec(names))
+  return jax.lax.with_sharding_constraint(x, logical_to_spec(names, x.shape, mesh))
 
 
 def batch_sharding(mesh) -> NamedSharding:
   return logical_sharding(mesh, ("batch", "seq"))
+
+
+def check_batch(batch_size: int, grad_accum: int, mesh) -> None:
+  """Raises MeshError unless every micro-batch splits evenly over the batch axes, and
+  every process feeds its own rows (a batch replicated across processes would make
+  each process's data slice a different 'global' batch)."""
+  shards = math.prod(mesh.shape[a] for a in _mesh_axes("batch"))
+  micro = batch_size // grad_accum
+  if micro % shards:
+    raise MeshError(
+        f"train.batch_size={batch_size} / train.grad_accum={grad_accum} = {micro} rows "
+        f"per micro-batch do not split over data x fsdp = {shards} devices "
+        f"(mesh {dict(mesh.shape)}): use a multiple of {shards}")
+  n_processes = len({d.process_index for d in mesh.devices.flat})
+  if shards % n_processes:
+    raise MeshError(
+        f"data x fsdp = {shards} (mesh {dict(mesh.shape)}) must be a multiple of the "
+        f"{n_processes} processes, so each process loads distinct rows: move devices "
+        "from 'tensor' to 'data' or 'fsdp'")
 
 
 @contextlib.contextmanager

@@ -108,6 +108,7 @@ def make_train_step(config, built: Built, lr_fn, positional: Positional):
   reported in `metrics['nonfinite']`; the trainer decides whether to stop.
   """
   grad_accum = config.train.grad_accum
+  parallel.check_batch(config.train.batch_size, grad_accum, built.mesh)
 
   def step_fn(state: TrainState, batch) -> tuple[TrainState, dict]:
     loss, grads = _grads(built.graphdef, state.params, batch, positional, grad_accum)

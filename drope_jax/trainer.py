@@ -20,6 +20,7 @@ from jax.experimental import multihost_utils
 from drope_jax import checkpoint
 from drope_jax import config as config_lib
 from drope_jax import flops
+from drope_jax import gcs
 from drope_jax import metrics as metrics_lib
 from drope_jax import optim
 from drope_jax import parallel
@@ -52,24 +53,63 @@ def phase_at(config, step: int) -> str:
 
 
 class _Preemption:
-  """Turns SIGTERM (TPU maintenance, spot reclaim) into 'save and exit 0' at a step end."""
+  """Turns SIGTERM (TPU maintenance, spot reclaim) into 'save and exit 0' at a step end.
+
+  One process: a Python handler sets a flag. Several: the handler JAX's preemption sync
+  manager installs in `jax.distributed.initialize` catches SIGTERM (so no Python one is
+  installed over it), and `reached_preemption_sync_point` agrees on a step that every
+  process reaches: all save the same checkpoint. It must be asked at every step.
+  """
 
   def __init__(self):
+    self.multi_process = jax.process_count() > 1
     self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    if not self.multi_process:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     del signum, frame
     self.requested = True
 
   def reached(self, step: int) -> bool:
-    if jax.process_count() > 1:
-      # Every host must stop at the same step: JAX's coordination service agrees on it.
-      return multihost_utils.reached_preemption_sync_point(step) or self.requested
+    if self.multi_process:
+      return multihost_utils.reached_preemption_sync_point(step)
     return self.requested
 
   def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    if not self.multi_process:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+# Model keys that decide the parameter tree; a checkpoint only fits the same values.
+# (qk_norm may be added by init_from: new gains start at 1.)
+ARCHITECTURE_KEYS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads",
+                     "head_dim", "d_ff", "tie_embeddings", "qk_norm")
+
+
+def architecture_mismatch(saved: dict, model_config, *, new_qk_norm_ok: bool) -> list[str]:
+  """`model.KEY is A there and B here` for each architecture key that differs."""
+  diffs = []
+  for key in ARCHITECTURE_KEYS:
+    there, here = saved.get(key), model_config[key]
+    if key == "qk_norm" and new_qk_norm_ok and set(there.replace("none", "")) <= set(
+        here.replace("none", "")):
+      continue
+    if there != here:
+      diffs.append(f"model.{key} is {there!r} there and {here!r} here")
+  return diffs
+
+
+def _changed_keys(saved: dict, current: dict, prefix: str = "") -> list[str]:
+  changed = []
+  for key in sorted(set(saved) | set(current)):
+    a, b = saved.get(key), current.get(key)
+    if isinstance(a, dict) and isinstance(b, dict):
+      changed += _changed_keys(a, b, f"{prefix}{key}.")
+    elif (list(a) if isinstance(a, (list, tuple)) else a) != (
+        list(b) if isinstance(b, (list, tuple)) else b):
+      changed.append(f"{prefix}{key}: {a!r} -> {b!r}")
+  return changed
 
 
 def _global_batch(local_batch: dict, sharding) -> dict:
@@ -98,7 +138,12 @@ class Trainer:
     keep = (config.drope.drop_at_step,) if config.model.pos_emb == "drope" else ()
     self.ckpt = checkpoint.Checkpointer(str(self.workdir / "checkpoints"),
                                         config.checkpoint, keep_steps=keep)
-    self.writer = metrics_lib.MetricsWriter(str(self.workdir), total_steps=t.steps)
+    # A gs:// workdir gets its metric files through a local mirror (see gcs.py).
+    self.mirror = None
+    if gcs.is_remote(workdir) and jax.process_index() == 0:
+      self.mirror = gcs.MetricsMirror(workdir)
+    metrics_dir = self.mirror.local if self.mirror else self.workdir
+    self.writer = metrics_lib.MetricsWriter(str(metrics_dir), total_steps=t.steps)
     self.flops_per_token = flops.training_flops_per_token(config.model, t.seq_len)
     self.peak_flops = flops.peak_flops_per_device(dtype=config.model.dtype)
 
@@ -112,20 +157,46 @@ class Trainer:
         num_epochs=num_epochs)
 
   def _restore_or_init(self, data_iter):
-    abstract = self.built.abstract_state
-    step, state, meta = self.ckpt.restore_latest(abstract, data_iter)
+    """The latest checkpoint of this workdir; else checkpoint.init_from; else init."""
+    step, state, meta = self.ckpt.restore_latest(
+        self.built.abstract_state, data_iter, check_meta=self._check_resume)
     if state is not None:
       self.writer.info(f"resumed from {self.ckpt.directory}/{step} "
-                       f"(phase {meta.get('phase')}, {meta.get('tokens_seen')} tokens seen)")
+                       f"(phase {meta['phase']}, {meta['tokens_seen']} tokens seen)")
       return state
     state = self._init_fn()
-    c = self.config.checkpoint
-    if c.init_from:
-      state = self._init_from(state, abstract)
+    if self.config.checkpoint.init_from:
+      state = self._init_from(state)
     return state
 
-  def _init_from(self, state, abstract):
-    """Starts from another run's checkpoint: its params (and optimizer state if asked)."""
+  def _check_resume(self, step: int, meta: dict):
+    """Refuses a checkpoint this config cannot continue; warns about changed keys."""
+    saved = meta["config"]
+    diffs = architecture_mismatch(saved["model"], self.config.model, new_qk_norm_ok=False)
+    if diffs:
+      raise config_lib.ConfigError(
+          f"{self.ckpt.directory}/{step} was written by another architecture: "
+          f"{'; '.join(diffs)}. Resume with its config, or use a new --workdir "
+          "(with --config.checkpoint.init_from to start from its weights)")
+    phase = phase_at(self.config, step)
+    if meta["phase"] != phase:
+      raise config_lib.ConfigError(
+          f"{self.ckpt.directory}/{step} was written in phase {meta['phase']!r}; this "
+          f"config puts step {step} in {phase!r} (model.pos_emb="
+          f"{self.config.model.pos_emb}, drope.drop_at_step="
+          f"{self.config.drope.drop_at_step}). Resume with the run's own "
+          "model.pos_emb and drope.drop_at_step")
+    changed = _changed_keys(saved, self.config.to_dict())
+    if changed:
+      logging.warning("resuming with config changes: %s", "; ".join(changed))
+
+  def _init_from(self, state):
+    """Starts from another run's checkpoint: its params (and optimizer state if asked).
+
+    The step, schedule and data stream are this run's own (they start at 0). Params
+    this model has and the source lacks (QK-norm gains added for recalibration) keep
+    their initial values (gains 1), and their AdamW moments start at zero.
+    """
     c = self.config.checkpoint
     directory = epath.Path(c.init_from)
     if (directory / "checkpoints").exists():
@@ -133,17 +204,42 @@ class Trainer:
     source = checkpoint.Checkpointer(str(directory), c, read_only=True)
     steps = source.steps()
     if not steps:
-      raise FileNotFoundError(f"checkpoint.init_from={c.init_from}: no checkpoints found")
+      raise FileNotFoundError(f"checkpoint.init_from={c.init_from}: no checkpoints found "
+                              "(give a run's workdir or its checkpoints/ directory)")
     step = c.init_step if c.init_step is not None else steps[-1]
     if step not in steps:
       raise FileNotFoundError(f"checkpoint.init_step={step} is not in {directory} "
                               f"(available: {steps})")
-    restored, _ = source.restore(step, abstract)
+    meta = source.read_meta(step)
+    diffs = architecture_mismatch(meta["config"]["model"], self.config.model,
+                                  new_qk_norm_ok=True)
+    if diffs:
+      raise config_lib.ConfigError(
+          f"checkpoint.init_from={c.init_from} (step {step}) is another architecture: "
+          f"{'; '.join(diffs)}. Set these model keys as in that run (only "
+          "model.qk_norm may add gains)")
+    parts = ("params", "opt_state") if c.init_optimizer else ("params",)
+    try:
+      restored = source.restore_parts(step, self.built.abstract_state, parts)
+    except ValueError as e:
+      raise config_lib.ConfigError(
+          f"checkpoint.init_from={c.init_from} (step {step}): {e}"
+          + (". Its optimizer differs: drop checkpoint.init_optimizer"
+             if c.init_optimizer else "")) from e
     source.close()
-    self.writer.info(f"initialised from {directory}/{step} "
-                     f"({'params and optimizer' if c.init_optimizer else 'params'})")
-    opt_state = restored.opt_state if c.init_optimizer else state.opt_state
-    return state.replace(params=restored.params, opt_state=opt_state)
+    fresh = []
+
+    def take(path, value):
+      key = checkpoint.path_key(path)
+      if key[0] in parts and key not in restored:
+        fresh.append("/".join(key))
+      return restored.get(key, value)
+
+    state = jax.tree_util.tree_map_with_path(take, state)
+    self.writer.info(f"initialised from {directory}/{step} ({' and '.join(parts)}"
+                     + (f"; {len(fresh)} arrays new here, e.g. {fresh[0]}" if fresh
+                        else "") + ")")
+    return state
 
   def _meta(self, step: int) -> dict:
     return dict(step=step, phase=phase_at(self.config, step),
@@ -155,6 +251,8 @@ class Trainer:
     step = int(jax.device_get(state.step))
     if self.ckpt.manager.latest_step() != step:
       self.ckpt.save(step, state, data_iter, self._meta(step))
+    if self.mirror:  # the metrics up to this checkpoint outlive a kill.
+      self.mirror.sync(force=True)
 
   # --- evaluation ------------------------------------------------------------------
 
@@ -187,6 +285,8 @@ class Trainer:
       preemption.restore()
       self.ckpt.close()
       self.writer.close()
+      if self.mirror:
+        self.mirror.close()
 
   def _enter_phase(self, phase: Phase, state, data_iter):
     if phase.name == "recalibrate" and int(jax.device_get(state.step)) == phase.start:
@@ -215,28 +315,36 @@ class Trainer:
       if (step + 1) % cfg.train.eval_every == 0 or step + 1 == cfg.train.steps:
         extra["eval_loss"] = self._evaluate(state, eval_step)
       pending = (step, step_metrics, phase, extra)
-      if (step + 1) % cfg.checkpoint.every_steps == 0 and step + 1 < cfg.train.steps:
-        self._save(state, data_iter)
-      if preemption.reached(step + 1):
+      preempted = preemption.reached(step + 1)
+      if preempted or ((step + 1) % cfg.checkpoint.every_steps == 0
+                       and step + 1 < cfg.train.steps):
+        # Log (and check) the step first: a checkpoint never follows an unseen NaN,
+        # and metrics.jsonl covers every step the checkpoint holds.
         self._report(*pending, throughput=throughput)
+        pending = None
         self._save(state, data_iter)
+      if preempted:
         self.ckpt.wait()
         self.writer.info(f"preempted: saved step {step + 1}; exiting cleanly")
         return None
-    self._report(*pending, throughput=throughput)
+    if pending is not None:
+      self._report(*pending, throughput=throughput)
     return state
 
   def _report(self, step, step_metrics, phase, extra, *, throughput):
     """Checks step `step` for a non-finite loss and logs it when due."""
     cfg = self.config
     m = jax.device_get(step_metrics)
-    if bool(m["nonfinite"]):
+    nonfinite = bool(m["nonfinite"])
+    if nonfinite:
       if cfg.train.on_nan == "stop":
         raise NonFiniteLossError(
             f"non-finite loss ({float(m['loss'])}) or gradient at step {step}: the update "
-            "was not applied and the last checkpoint is intact. Lower train.lr, raise "
-            "warmup, or set --config.train.on_nan=skip to skip such batches.")
+            f"was not applied, and the checkpoints in {self.ckpt.directory} (all from "
+            "before it) are intact. Lower train.lr, raise warmup, or set "
+            "--config.train.on_nan=skip to skip such batches; then run again to resume.")
       logging.warning("step %d: non-finite loss or gradient; batch skipped", step)
+      extra = dict(extra, skipped=True)
     tokens_per_sec = throughput.tick(self.tokens_per_step)
     if step % cfg.train.log_every and step != cfg.train.steps - 1 and not extra:
       return
@@ -249,6 +357,8 @@ class Trainer:
                                 self.flops_per_token, self.peak_flops)
     throughput.reset()
     self.writer.write(step, record)
+    if self.mirror:
+      self.mirror.sync()
 
   def _finish(self, state, data_iter):
     steps = self.config.train.steps

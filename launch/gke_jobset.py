@@ -6,8 +6,8 @@
 
 One Job per slice (JobSet replicas), one pod per TPU host (completions = parallelism =
 hosts per slice), every pod running the same train command. JAX finds its peers from
-the variables GKE puts into TPU pods; with several slices the pods also get the
-MEGASCALE variables that join the slices over DCN, and the trainer gets
+the variables GKE puts into TPU pods (DROPE_DISTRIBUTED=auto); with several slices the
+pods also get the MEGASCALE variables that join the slices over DCN, and the trainer gets
 --config.mesh.dcn_shape=(slices,1,1) unless the extra flags already set it.
 Anything after `--` is passed to the trainer.
 """
@@ -81,11 +81,13 @@ def jobset(*, name: str, accelerator: str, slices: int, image: str, command: lis
       "name": "train",
       "image": image,
       "command": command,
+      # The trainer calls jax.distributed.initialize(), which reads GKE's TPU variables.
+      "env": [{"name": "DROPE_DISTRIBUTED", "value": "auto"}],
       "ports": [{"containerPort": 8471}, {"containerPort": _MEGASCALE_PORT}],
       "resources": {"limits": {"google.com/tpu": shape.chips_per_host}},
   }
   if slices > 1:
-    container["env"] = [
+    container["env"] += [
         {"name": "MEGASCALE_COORDINATOR_ADDRESS", "value": f"{name}-slice-0-0.{name}"},
         {"name": "MEGASCALE_PORT", "value": str(_MEGASCALE_PORT)},
         {"name": "MEGASCALE_NUM_SLICES", "value": str(slices)},

@@ -162,8 +162,10 @@ train() {
     train_args+=("--config.mesh.dcn_shape=(${slices},1,1)")
   fi
   local remote="set -o pipefail; mkdir -p ~/drope_logs && cd ~/drope_jax"
-  remote+=" && ~/drope_venv/bin/python $(show -m drope_jax.train --config="${config}" \
-    --workdir="${workdir}" "${train_args[@]}") 2>&1 | tee -a ~/drope_logs/train.log"
+  # DROPE_DISTRIBUTED=auto: JAX finds the other workers from the TPU metadata.
+  remote+=" && DROPE_DISTRIBUTED=auto ~/drope_venv/bin/python"
+  remote+=" $(show -m drope_jax.train --config="${config}" --workdir="${workdir}" \
+    "${train_args[@]}") 2>&1 | tee -a ~/drope_logs/train.log"
   on_every_worker "${remote}" "${log}"
 }
 

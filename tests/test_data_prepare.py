@@ -3,8 +3,10 @@
 import collections
 import gzip
 import json
+import os
 import pathlib
 import random
+import socket
 import subprocess
 import sys
 
@@ -18,6 +20,7 @@ from drope_jax import config as config_lib
 from drope_jax.data import pipeline
 from drope_jax.data import prepare as prepare_lib
 from drope_jax.data import sources
+from drope_jax.data import tokenizers
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 WORDS = ("alpha", "beta", "gamma", "café", "naïve", "Ελληνικά", "日本語", "🙂",
@@ -239,3 +242,44 @@ def test_cli_refuses_a_foreign_directory(tmp_path):
   assert result.returncode != 0
   assert "was not made by prepare" in result.stderr
   assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
+
+
+def test_gs_inputs_and_outputs_through_a_local_emulator(tmp_path):
+  emulator = pytest.importorskip("gcp_storage_emulator.server")
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  server = emulator.create_server("127.0.0.1", port, in_memory=True,
+                                  default_bucket="bucket")
+  server.start()
+  try:
+    env = dict(os.environ, STORAGE_EMULATOR_HOST=f"http://127.0.0.1:{port}",
+               FSSPEC_GCS_TOKEN="anon", GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false")
+    texts = write_corpus(tmp_path / "corpus")
+    upload = ("from etils import epath; import sys; "
+              "epath.Path(sys.argv[1]).copy(sys.argv[2])")
+    subprocess.run([sys.executable, "-c", upload,
+                    str(tmp_path / "corpus" / "a.jsonl.gz"),
+                    "gs://bucket/corpus/a.jsonl.gz"], env=env, check=True)
+    args = ["--input=gs://bucket/corpus/*.jsonl.gz", "--output=gs://bucket/out",
+            "--workers=1", "--eval_fraction=0"]
+    for verb in ("wrote", "skipped finished"):
+      result = subprocess.run(
+          [sys.executable, "-m", "drope_jax.data.prepare", *args], cwd=REPO,
+          env=env, capture_output=True, text=True, check=False)
+      assert result.returncode == 0, result.stderr
+      assert f"{verb} train-00000" in result.stderr
+    download = ("from etils import epath; import sys; "
+                "d = epath.Path(sys.argv[2]); d.mkdir(); "
+                "[p.copy(d / p.name) for p in epath.Path(sys.argv[1]).iterdir()]")
+    subprocess.run([sys.executable, "-c", download, "gs://bucket/out",
+                    str(tmp_path / "local")], env=env, check=True)
+  finally:
+    server.stop()
+  source = sources.ShardSource(str(tmp_path / "local"), "train",
+                               tokenizers.get_tokenizer("byte"))
+  assert [bytes(source[i].astype(np.uint8)).decode() for i in range(len(source))
+          ] == texts[:20]
+  with pytest.raises(ValueError, match="copy the directory to local disk"):
+    sources.ShardSource("gs://bucket/out", "train",
+                        tokenizers.get_tokenizer("byte"))

@@ -1,8 +1,9 @@
 """A model trained to copy from context retrieves needles with greedy cached decoding.
 
 The NIAH machinery (prefill, decode, exact-match scoring) is only worth trusting if a
-model that can retrieve actually scores: a tiny 2-layer RoPE model learns, in a few
-hundred steps, to answer "?key:" with the 7-digit value it saw after "key:" earlier
+model that can retrieve actually scores. A tiny 2-layer RoPE model is trained on
+repeated random strings (which grows induction heads within ~100 steps) mixed with
+needle prompts: answer "?key:" with the 7-digit value that followed "key:" earlier
 in a haystack of random letters. Chance is about 1e-7 per needle.
 """
 
@@ -45,25 +46,32 @@ def example(rng):
 
 
 def training_batch(rng, batch_size):
-  rows, weights = [], []
-  for _ in range(batch_size):
+  """Half repeated random strings (loss on the repeat), half needles (loss on the
+  answer)."""
+  repeats = batch_size // 2
+  half = SEQ // 2
+  first = rng.integers(0, len(CHARS), (repeats, half + 1))
+  rows = list(np.concatenate([first, first], 1)[:, :SEQ + 1])
+  weights = [np.arange(SEQ, dtype=np.float32) >= half] * repeats
+  for _ in range(batch_size - repeats):
     prompt, value = example(rng)
     tokens = np.concatenate([prompt, encode(value + "."), [EOS]])
     tokens = np.pad(tokens, (0, SEQ + 1 - len(tokens)), constant_values=PAD)
     weight = np.zeros(SEQ, np.float32)
-    weight[len(prompt) - 1:len(prompt) + len(value)] = 1.0  # the answer only.
+    weight[len(prompt) - 1:len(prompt) + len(value)] = 1.0
     rows.append(tokens)
     weights.append(weight)
   rows = np.stack(rows)
-  return dict(inputs=rows[:, :-1], targets=rows[:, 1:],
+  return dict(inputs=rows[:, :-1].astype(np.int32), targets=rows[:, 1:].astype(np.int32),
               positions=np.broadcast_to(np.arange(SEQ), (batch_size, SEQ)),
-              segment_ids=np.ones((batch_size, SEQ), np.int32), weights=np.stack(weights))
+              segment_ids=np.ones((batch_size, SEQ), np.int32),
+              weights=np.stack(weights).astype(np.float32))
 
 
 def test_a_trained_copying_model_retrieves_needles_far_above_chance():
   config = helpers.tiny_config("rope", d_model=64, n_heads=4, n_kv_heads=2, head_dim=16,
                                d_ff=128)
-  config.train.update(dict(steps=300, batch_size=16, seq_len=SEQ, lr=3e-3,
+  config.train.update(dict(steps=200, batch_size=16, seq_len=SEQ, lr=3e-3,
                            warmup_steps=20, weight_decay=0.0))
   tx = optim.make_optimizer(config.train)
   built, init = train_step.build(config, helpers.mesh(), tx)
@@ -71,7 +79,7 @@ def test_a_trained_copying_model_retrieves_needles_far_above_chance():
   state, rng = init(), np.random.default_rng(0)
   for _ in range(config.train.steps):
     state, metrics = step_fn(state, training_batch(rng, config.train.batch_size))
-  assert float(metrics["loss"]) < 1.0
+  assert float(metrics["loss"]) < 0.5
 
   test_rng = np.random.default_rng(123)
   prompts, values = zip(*(example(test_rng) for _ in range(32)))

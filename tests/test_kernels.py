@@ -76,13 +76,15 @@ def _mesh():
 @pytest.mark.parametrize('segments', [False, True])
 @pytest.mark.parametrize('num_kv_heads', [1, 2, 4])
 def test_xla_matches_numpy(num_kv_heads, segments):
-  q, k, v, segment_ids, _ = _inputs(2, 24, 4, num_kv_heads, 8, segments=segments)
-  out = kernels.attention(q, k, v, impl='xla', scale=SCALE, segment_ids=segment_ids)
+  q, k, v, segment_ids, cotangent = _inputs(2, 24, 4, num_kv_heads, 8, segments=segments)
+  out, _ = _run(q, k, v, segment_ids, cotangent, impl='xla')
   np.testing.assert_allclose(out, _numpy_attention(q, k, v, segment_ids), **FWD_TOL)
 
 
-@pytest.mark.parametrize('seq_len,chunk_size', [(37, 8), (64, 16), (20, 512)])
-@pytest.mark.parametrize('num_kv_heads', [1, 2, 4])
+@pytest.mark.parametrize('num_kv_heads,seq_len,chunk_size', [
+    (1, 37, 8), (2, 37, 8), (4, 37, 8),  # S not divisible by the chunk.
+    (2, 64, 16), (4, 20, 512),  # Divisible; one chunk shorter than the chunk size.
+])
 def test_chunked_matches_xla(num_kv_heads, seq_len, chunk_size):
   args = _inputs(2, seq_len, 4, num_kv_heads, 8, seed=seq_len)
   _assert_matches_xla(*args, impl='chunked', chunk_size=chunk_size)
@@ -94,10 +96,10 @@ def test_chunked_without_segments_matches_xla():
 
 
 def test_chunked_bf16_returns_bf16_close_to_float32():
-  q, k, v, segment_ids, _ = _inputs(1, 40, 4, 2, 16)
-  out = kernels.attention(*(x.astype(jnp.bfloat16) for x in (q, k, v)), impl='chunked',
-                          scale=SCALE, segment_ids=segment_ids, chunk_size=16)
-  ref = kernels.attention(q, k, v, impl='xla', scale=SCALE, segment_ids=segment_ids)
+  q, k, v, segment_ids, cotangent = _inputs(1, 40, 4, 2, 16)
+  out, _ = _run(*(x.astype(jnp.bfloat16) for x in (q, k, v)), segment_ids,
+                cotangent.astype(jnp.bfloat16), impl='chunked', chunk_size=16)
+  ref, _ = _run(q, k, v, segment_ids, cotangent, impl='xla')
   assert out.dtype == jnp.bfloat16
   np.testing.assert_allclose(out.astype(jnp.float32), ref, atol=3e-2)
 
@@ -138,8 +140,8 @@ def test_chunked_memory_grows_linearly():
   assert long < 16384 * 16384 * 4 / 16, long  # Far below one f32 S x S matrix.
 
 
-@pytest.mark.parametrize('segments', [False, True])
-@pytest.mark.parametrize('num_kv_heads', [1, 2, 4])
+@pytest.mark.parametrize('num_kv_heads,segments', [
+    (1, True), (2, True), (4, True), (2, False)])
 def test_splash_interpret_matches_xla(num_kv_heads, segments):
   args = _inputs(2, 256, 4, num_kv_heads, 8, segments=segments)
   _assert_matches_xla(*args, impl='splash')
@@ -186,10 +188,35 @@ def test_kv_heads_must_divide_query_heads():
     kernels.attention(q, k, v, impl='xla', scale=SCALE)
 
 
-@pytest.mark.parametrize('seq_len,expected', [(2048, 'xla'), (2049, 'chunked')])
-def test_auto_on_cpu_picks_by_length(seq_len, expected):
-  q = jax.ShapeDtypeStruct((1, seq_len, 4, 8), jnp.float32)
-  assert kernels._resolve_impl('auto', q, None) == expected
+@pytest.mark.parametrize('platform,seq_len,dtype,expected', [
+    ('cpu', 2048, jnp.float32, 'xla'),
+    ('cpu', 2049, jnp.float32, 'chunked'),
+    ('tpu', 2048, jnp.float32, 'splash'),
+    ('tpu', 2000, jnp.float32, 'xla'),
+    ('gpu', 4096, jnp.bfloat16, 'cudnn'),
+    ('gpu', 4096, jnp.float32, 'chunked'),
+])
+def test_auto_choice(platform, seq_len, dtype, expected):
+  q = jax.ShapeDtypeStruct((1, seq_len, 4, 64), dtype)
+  assert kernels._resolve_impl('auto', q, None, platform) == expected
+
+
+def test_splash_compiles_real_tpu_kernel_ahead_of_time():
+  """A TPU mesh on this CPU host must get the Mosaic kernels, not interpret mode."""
+  pytest.importorskip('libtpu')
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  devices = topologies.get_topology_desc(
+      platform='tpu', topology_name='v5e:2x2', chip_config_name='default',
+      chips_per_host_bounds=(2, 2, 1), num_slices=1).devices
+  mesh = jax.sharding.Mesh(np.array(devices).reshape(1, 2, 2), ('data', 'fsdp', 'tensor'),
+                           axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  q_shape, kv_shape = (4, 512, 4, 128), (4, 512, 1, 128)  # MQA: kv heads repeated.
+  shapes = [q_shape, kv_shape, kv_shape, (4, 512), q_shape]
+  dtypes = [jnp.bfloat16] * 3 + [jnp.int32, jnp.bfloat16]
+  args = [jax.ShapeDtypeStruct(s, d) for s, d in zip(shapes, dtypes)]
+  with jax.set_mesh(mesh):
+    hlo = _run.lower(*args, impl='auto').compile().as_text()
+  assert 'tpu_custom_call' in hlo
 
 
 def test_masked_attention_matches_xla_with_causal_mask():
@@ -203,7 +230,7 @@ def test_masked_attention_fully_masked_rows_are_zero():
   q, k, v, _, cotangent = _inputs(2, 8, 4, 1, 8, segments=False)
   mask_BST = jnp.tril(jnp.ones((2, 8, 8), bool)).at[:, 3].set(False)
   fn = lambda q, k, v: kernels.masked_attention(q, k, v, scale=SCALE, mask=mask_BST)
-  out, grads = _fwd_and_grads(fn, q, k, v, cotangent)
+  out, grads = jax.jit(functools.partial(_fwd_and_grads, fn))(q, k, v, cotangent)
   np.testing.assert_array_equal(out[:, 3], 0.0)
   assert np.isfinite(out).all()
   for grad in grads:

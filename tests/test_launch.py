@@ -57,7 +57,7 @@ def _tpu_vm(env, subcommand, *args):
 def _remote_train_argv(ssh_argv):
   (command,) = [a.removeprefix("--command=") for a in ssh_argv if a.startswith("--command=")]
   words = shlex.split(command)
-  start = words.index("drope_jax.train") - 2  # the venv's python, -m.
+  start = words.index("drope_jax.train") - 3  # DROPE_DISTRIBUTED=auto, python, -m.
   return words[start:words.index("2>&1")]
 
 
@@ -80,7 +80,7 @@ def test_tpu_vm_up_v5p_128(env):
   assert "--worker=all" in setup and "--worker=all" in train
   assert "jax[tpu]==0.10.2" in " ".join(setup)
   assert _remote_train_argv(train) == [
-      "~/drope_venv/bin/python", "-m", "drope_jax.train",
+      "DROPE_DISTRIBUTED=auto", "~/drope_venv/bin/python", "-m", "drope_jax.train",
       "--config=configs/llama_7b.py:drope", f"--workdir={WORKDIR}", OVERRIDE]
 
 
@@ -97,7 +97,7 @@ def test_tpu_vm_two_slices_of_v5e_256(env):
   assert [c[5] for c in trains] == ["drope-0", "drope-1"]
   for train in trains:
     assert "--worker=all" in train
-    assert _remote_train_argv(train)[3:] == [
+    assert _remote_train_argv(train)[4:] == [
         "--config=configs/ablation_500m.py:drope", f"--workdir={WORKDIR}",
         "--config.mesh.dcn_shape=(2,1,1)"]
 
@@ -152,7 +152,7 @@ def test_gke_jobset_one_v5p_128_slice(env):
   assert container["command"] == ["python", "-m", "drope_jax.train",
                                   "--config=configs/llama_7b.py:drope",
                                   f"--workdir={WORKDIR}", OVERRIDE]
-  assert "env" not in container
+  assert container["env"] == [{"name": "DROPE_DISTRIBUTED", "value": "auto"}]
 
 
 def test_gke_jobset_two_v5e_256_slices(env):
@@ -211,6 +211,7 @@ def test_slurm_dry_run_srun_line(env):
   (line,) = out.stdout.splitlines()
   argv = shlex.split(line)
   assert argv[0] == "srun" and "--kill-on-bad-exit=1" in argv
+  assert "--export=ALL,DROPE_DISTRIBUTED=auto" in argv
   assert argv[argv.index("/opt/venv/bin/python"):] == [
       "/opt/venv/bin/python", "-m", "drope_jax.train",
       "--config=configs/ablation_500m.py:drope", f"--workdir={WORKDIR}", OVERRIDE]

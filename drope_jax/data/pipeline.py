@@ -98,7 +98,9 @@ def make_iterator(data_config: ml_collections.ConfigDict, *, seq_len: int,
     shard_index: this process's index, jax.process_index().
     shard_count: number of processes, jax.process_count().
     num_epochs: passes over the documents; None repeats forever. When a lane
-      runs out its rows become padding (weights 0) until all have.
+      runs out its rows become padding (weights 0) until all have; processes
+      may then run out after different numbers of batches, so multi-process
+      loops should take a fixed number of batches.
 
   Returns:
     An iterator of batch dicts whose get_state()/set_state() can be saved with

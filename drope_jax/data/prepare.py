@@ -9,11 +9,11 @@ Output layout, manifest and eval split: see `drope_jax.data.sources`. A
 document goes to the eval shards when `in_eval_split(file name:index)` holds,
 so the split depends neither on --workers nor on the order of the globs.
 
-Output is deterministic. Each shard is written under a temporary name, renamed
-when complete and then recorded in manifest.json, so an interrupted run is
-finished by running the same command again: recorded shards are skipped and
-nothing finished is ever deleted. An output directory made with another
-tokenizer or other settings is refused.
+Output is deterministic. Each shard is written under a temporary name and
+renamed when complete (on gs:// uploaded whole), then recorded in
+manifest.json, so an interrupted run is finished by running the same command
+again: recorded shards are skipped and nothing finished is ever deleted. An
+output directory made with another tokenizer or other settings is refused.
 """
 
 import hashlib
@@ -194,7 +194,8 @@ class _Tokenizer:
     self._pool = None
 
   def __enter__(self):
-    if self._workers > 1:
+    # Byte "tokenizing" is a copy: shipping texts to workers would cost more.
+    if self._workers > 1 and self._spec != "byte":
       # spawn: forking a process that may hold grain or tokenizer threads hangs.
       context = multiprocessing.get_context("spawn")
       self._pool = context.Pool(self._workers, initializer=_init_worker,
@@ -228,7 +229,6 @@ _worker_state = {}
 
 
 def _init_worker(spec: str, dtype: str) -> None:
-  os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
   _worker_state["tokenizer"] = tokenizers.get_tokenizer(spec)
   _worker_state["dtype"] = np.dtype(dtype)
 
@@ -240,10 +240,12 @@ def _encode(texts: list[str]) -> list[bytes]:
 
 def _write_shard(out: epath.Path, name: str, records: list[bytes],
                  dtype: np.dtype) -> dict:
-  """Writes under a temporary name, then renames: a shard is whole or absent."""
+  """Writes a shard that is either whole or absent under its name."""
   with tempfile.TemporaryDirectory() as scratch:
-    local = (os.path.join(str(out), f".{name}.tmp") if _is_local(out)
-             else os.path.join(scratch, name))
+    if _is_local(out):
+      local = os.path.join(str(out), f".{name}.tmp")
+    else:
+      local = os.path.join(scratch, name)
     writer = array_record_module.ArrayRecordWriter(local, "group_size:1")
     for record in records:
       writer.write(record)
@@ -252,9 +254,8 @@ def _write_shard(out: epath.Path, name: str, records: list[bytes],
     if _is_local(out):
       os.replace(local, out / name)
     else:
-      staged = out / f".{name}.tmp"
-      epath.Path(local).copy(staged, overwrite=True)
-      staged.rename(out / name)
+      # An object store shows an object only once its upload is complete.
+      epath.Path(local).copy(out / name, overwrite=True)
   tokens = sum(len(r) for r in records) // dtype.itemsize
   return {"file": name, "documents": len(records), "tokens": tokens,
           "sha256": digest}
@@ -273,12 +274,13 @@ def _is_local(path: epath.Path) -> bool:
 
 
 def _write_json(path: epath.Path, data: dict) -> None:
+  text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+  if not _is_local(path):
+    path.write_text(text)  # Object uploads are atomic.
+    return
   staged = path.with_name(f".{path.name}.tmp")
-  staged.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-  if _is_local(path):
-    os.replace(staged, path)
-  else:
-    staged.rename(path)
+  staged.write_text(text)
+  os.replace(staged, path)
 
 
 def _define_flags() -> None:

@@ -250,6 +250,11 @@ class ShardSource:
   def __init__(self, directory: str, split: str,
                tokenizer: tokenizers_lib.Tokenizer):
     _check_split(split)
+    if "://" in directory:
+      # The array_record reader opens local paths only (gs:// hangs in 0.8.6).
+      raise ValueError(
+          f"cannot read shards at {directory}: copy the directory to local "
+          "disk first (e.g. `gcloud storage cp -r`) and point data.paths there.")
     manifest = read_manifest(directory)
     if not manifest.get("complete"):
       raise ValueError(

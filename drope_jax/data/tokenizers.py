@@ -163,8 +163,9 @@ def check_vocab(tokenizer: Tokenizer, model_vocab_size: int) -> None:
     raise ValueError(
         f"tokenizer {tokenizer.spec!r} has {tokenizer.vocab_size} ids but the "
         f"model's embedding has only model.vocab_size={model_vocab_size}: set "
-        f"--config.model.vocab_size={_round_up(tokenizer.vocab_size, 128)} "
-        "(or any value >= the tokenizer's) or use the model's own tokenizer.")
+        f"--config.model.vocab_size to at least {tokenizer.vocab_size} (e.g. "
+        f"{_round_up(tokenizer.vocab_size, 128)}, a multiple of 128), or use "
+        "the tokenizer the model was trained with.")
 
 
 def _round_up(n: int, multiple: int) -> int:

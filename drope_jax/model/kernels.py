@@ -40,15 +40,18 @@ def attention(q, k, v, *, impl: str = 'auto', scale: float, segment_ids=None,
     0 = padding, treated as its own segment).
   scale: multiplies q·k logits (callers pass temperature/sqrt(D); kernels must not add
     their own scaling).
-  impl: auto | xla | chunked | splash | cudnn. auto: splash on TPU, cudnn on GPU (falls
-    back to xla if S unsupported), xla on CPU when S <= 2048 else chunked.
+  impl: auto | xla | chunked | splash | cudnn. auto: splash on TPU, cudnn on GPU, xla on
+    CPU when S <= 2048 else chunked. Where splash or cudnn cannot take the call (splash:
+    S % 128 != 0; cudnn: segment ids, dtype not bf16/fp16, D % 8 != 0 or D > 128), auto
+    falls back to the CPU rule.
   mesh: optional jax.sharding.Mesh with axes ('data','fsdp','tensor'); splash runs inside
     jax.shard_map over batch (data+fsdp) and heads (tensor). If None, use the ambient mesh
     from jax.sharding.get_abstract_mesh() if it is non-empty, else run unsharded.
   Returns [B, S, H, D] in q.dtype; softmax computed in float32.
   """
   _check_shapes(q, k, v, segment_ids)
-  impl = _resolve_impl(impl, q, segment_ids)
+  platform = _target_platform(mesh)
+  impl = _resolve_impl(impl, q, segment_ids, platform)
   if impl == 'xla':
     mask_BST = _causal_mask(q.shape[1], segment_ids)
     return masked_attention(q, k, v, scale=scale, mask=mask_BST)
@@ -56,8 +59,9 @@ def attention(q, k, v, *, impl: str = 'auto', scale: float, segment_ids=None,
     return _chunked_attention(q, k, v, segment_ids, scale=scale,
                               chunk_size=chunk_size)
   if impl == 'splash':
-    return _splash_attention(q, k, v, segment_ids, scale=scale, mesh=mesh)
-  return _cudnn_attention(q, k, v, segment_ids, scale=scale)
+    return _splash_attention(q, k, v, segment_ids, scale=scale, mesh=mesh,
+                             interpret=platform != 'tpu')
+  return _cudnn_attention(q, k, v, segment_ids, scale=scale, platform=platform)
 
 
 def masked_attention(q, k, v, *, scale: float, mask):
@@ -94,17 +98,28 @@ def _check_shapes(q, k, v, segment_ids):
                      f'{(B, S)}.')
 
 
-def _resolve_impl(impl, q, segment_ids):
+def _target_platform(mesh):
+  """'tpu', 'gpu' or 'cpu': the mesh's devices if known, else the default backend.
+
+  A mesh of TPU device descriptions on a CPU host (ahead-of-time compilation) must get
+  the real TPU kernels, so the mesh wins over jax.default_backend().
+  """
+  if mesh is None:
+    mesh = jax.sharding.get_abstract_mesh()
+  device = None if mesh.empty else mesh.abstract_mesh.abstract_device
+  return device.platform if device is not None else jax.default_backend()
+
+
+def _resolve_impl(impl, q, segment_ids, platform):
   """Maps 'auto' to a concrete backend for this platform and shape."""
   if impl not in IMPLS:
     raise ValueError(f'attention: unknown impl {impl!r}; allowed: {", ".join(IMPLS)}.')
   if impl != 'auto':
     return impl
-  backend = jax.default_backend()
   S, D = q.shape[1], q.shape[3]
-  if backend == 'tpu' and S % _SPLASH_BLOCK == 0:
+  if platform == 'tpu' and S % _SPLASH_BLOCK == 0:
     return 'splash'
-  if backend == 'gpu' and _cudnn_supports(q.dtype, D, segment_ids):
+  if platform == 'gpu' and _cudnn_supports(q.dtype, D, segment_ids):
     return 'cudnn'
   return 'xla' if S <= _XLA_MAX_LEN else 'chunked'
 
@@ -120,11 +135,12 @@ def _causal_mask(S, segment_ids):
 # ----------------------------------------------------------------------------------------
 # chunked: flash attention in pure JAX.
 #
-# Arrays are split into N blocks of C tokens with the block index leading, so loops can
-# index blocks: q [N, B, C, K, G, D] (G = H // K query heads per kv head), k/v
-# [N, B, C, K, D], segment ids [N, B, C]. Causality means query block i only visits key
-# blocks j <= i, so loops run over that triangle. The backward recomputes logits block by
-# block from the saved log-sum-exp, so nothing S x S is ever stored.
+# Arrays are split into N blocks of C tokens, block index first (so loops can index
+# blocks) and heads before tokens (so every block product is a plain batched matmul):
+# q [N, B, K, G, C, D] (G = H // K query heads per kv head), k/v [N, B, K, C, D],
+# segment ids [N, B, C]. Causality means query block i only visits key blocks j <= i,
+# so loops run over that triangle. The backward recomputes logits block by block from
+# the saved log-sum-exp, so nothing S x S is ever stored.
 # ----------------------------------------------------------------------------------------
 
 
@@ -136,13 +152,14 @@ def _chunked_attention(q, k, v, segment_ids, *, scale, chunk_size):
   if segment_ids is None:
     segment_ids = jnp.zeros((B, S), jnp.int32)
   # Padded keys sit after every real query, so the causal mask already hides them.
-  q_NBCKGD = _to_blocks(q.reshape(B, S, K, H // K, D), N, C)
-  k_NBCKD = _to_blocks(k, N, C)
-  v_NBCKD = _to_blocks(v, N, C)
+  q_NBKGCD = jnp.einsum('nbckgd->nbkgcd',
+                        _to_blocks(q.reshape(B, S, K, H // K, D), N, C))
+  k_NBKCD = jnp.einsum('nbckd->nbkcd', _to_blocks(k, N, C))
+  v_NBKCD = jnp.einsum('nbckd->nbkcd', _to_blocks(v, N, C))
   seg_NBC = _to_blocks(segment_ids, N, C)
-  out_NBCKGD = _flash(q_NBCKGD, k_NBCKD, v_NBCKD, seg_NBC, scale)
-  out_BSKGD = jnp.moveaxis(out_NBCKGD, 0, 1).reshape(B, N * C, K, H // K, D)[:, :S]
-  return out_BSKGD.reshape(B, S, H, D)
+  out_NBKGCD = _flash(q_NBKGCD, k_NBKCD, v_NBKCD, seg_NBC, scale)
+  out_BSKGD = jnp.einsum('nbkgcd->bnckgd', out_NBKGCD).reshape(B, N * C, K, H // K, D)
+  return out_BSKGD[:, :S].reshape(B, S, H, D)
 
 
 def _to_blocks(x, N, C):
@@ -152,10 +169,10 @@ def _to_blocks(x, N, C):
   return jnp.moveaxis(x.reshape(x.shape[0], N, C, *x.shape[2:]), 1, 0)
 
 
-def _block_logits(q_BCKGD, k_BCKD, seg_q_BC, seg_k_BC, i, j, scale):
+def _block_logits(q_BKGCD, k_BKCD, seg_q_BC, seg_k_BC, i, j, scale):
   """Masked float32 logits [B, K, G, Cq, Ck] of query block i against key block j."""
-  C = q_BCKGD.shape[1]
-  logits = jnp.einsum('bqkgd,btkd->bkgqt', q_BCKGD, k_BCKD,
+  C = q_BKGCD.shape[3]
+  logits = jnp.einsum('bkgqd,bktd->bkgqt', q_BKGCD, k_BKCD,
                       preferred_element_type=jnp.float32) * scale
   q_pos = i * C + jnp.arange(C)
   k_pos = j * C + jnp.arange(C)
@@ -169,77 +186,76 @@ def _flash(q, k, v, seg, scale):
   return _flash_fwd(q, k, v, seg, scale)[0]
 
 
-def _flash_fwd(q_NBCKGD, k_NBCKD, v_NBCKD, seg_NBC, scale):
+def _flash_fwd(q_NBKGCD, k_NBKCD, v_NBKCD, seg_NBC, scale):
   """Online softmax: one pass over key blocks per query block."""
-  N, B, C, K, G, D = q_NBCKGD.shape
+  N, B, K, G, C, D = q_NBKGCD.shape
 
   def query_block(i):
-    q_i, seg_i = q_NBCKGD[i], seg_NBC[i]
+    q_i, seg_i = q_NBKGCD[i], seg_NBC[i]
 
     def key_block(j, carry):
-      acc_BKGQD, denom_BKGQ, max_BKGQ = carry
-      logits = _block_logits(q_i, k_NBCKD[j], seg_i, seg_NBC[j], i, j, scale)
-      new_max = jnp.maximum(max_BKGQ, logits.max(axis=-1))
+      acc_BKGCD, denom_BKGC, max_BKGC = carry
+      logits = _block_logits(q_i, k_NBKCD[j], seg_i, seg_NBC[j], i, j, scale)
+      new_max = jnp.maximum(max_BKGC, logits.max(axis=-1))
       # While a row has seen only masked keys, new_max is _MASK_VALUE and masked
       # entries weigh 1; the first allowed key (the diagonal is always one) rescales
       # that by exp(_MASK_VALUE - real) = 0.
       probs = jnp.exp(logits - new_max[..., None])
-      rescale = jnp.exp(max_BKGQ - new_max)
-      denom_BKGQ = rescale * denom_BKGQ + probs.sum(axis=-1)
-      acc_BKGQD = rescale[..., None] * acc_BKGQD + jnp.einsum(
-          'bkgqt,btkd->bkgqd', probs.astype(v_NBCKD.dtype), v_NBCKD[j],
+      rescale = jnp.exp(max_BKGC - new_max)
+      denom_BKGC = rescale * denom_BKGC + probs.sum(axis=-1)
+      acc_BKGCD = rescale[..., None] * acc_BKGCD + jnp.einsum(
+          'bkgqt,bktd->bkgqd', probs.astype(v_NBKCD.dtype), v_NBKCD[j],
           preferred_element_type=jnp.float32)
-      return acc_BKGQD, denom_BKGQ, new_max
+      return acc_BKGCD, denom_BKGC, new_max
 
     init = (jnp.zeros((B, K, G, C, D), jnp.float32),
             jnp.zeros((B, K, G, C), jnp.float32),
             jnp.full((B, K, G, C), _MASK_VALUE, jnp.float32))
-    acc_BKGQD, denom_BKGQ, max_BKGQ = jax.lax.fori_loop(0, i + 1, key_block, init)
-    out_BKGQD = acc_BKGQD / denom_BKGQ[..., None]
-    lse_BKGQ = max_BKGQ + jnp.log(denom_BKGQ)
-    return jnp.einsum('bkgqd->bqkgd', out_BKGQD).astype(q_NBCKGD.dtype), lse_BKGQ
+    acc_BKGCD, denom_BKGC, max_BKGC = jax.lax.fori_loop(0, i + 1, key_block, init)
+    out_BKGCD = (acc_BKGCD / denom_BKGC[..., None]).astype(q_NBKGCD.dtype)
+    return out_BKGCD, max_BKGC + jnp.log(denom_BKGC)
 
-  out_NBCKGD, lse_NBKGQ = jax.lax.map(query_block, jnp.arange(N))
-  return out_NBCKGD, (q_NBCKGD, k_NBCKD, v_NBCKD, seg_NBC, out_NBCKGD, lse_NBKGQ)
+  out_NBKGCD, lse_NBKGC = jax.lax.map(query_block, jnp.arange(N))
+  return out_NBKGCD, (q_NBKGCD, k_NBKCD, v_NBKCD, seg_NBC, out_NBKGCD, lse_NBKGC)
 
 
-def _flash_bwd(scale, residuals, dout_NBCKGD):
+def _flash_bwd(scale, residuals, dout_NBKGCD):
   """FlashAttention-2 backward: per key block, sweep the query blocks that see it."""
-  q_NBCKGD, k_NBCKD, v_NBCKD, seg_NBC, out_NBCKGD, lse_NBKGQ = residuals
-  N = q_NBCKGD.shape[0]
+  q_NBKGCD, k_NBKCD, v_NBKCD, seg_NBC, out_NBKGCD, lse_NBKGC = residuals
+  N = q_NBKGCD.shape[0]
   # rowsum(dP * P) = rowsum(dout * out), per query and head.
-  delta_NBKGQ = jnp.einsum('nbqkgd,nbqkgd->nbkgq', dout_NBCKGD.astype(jnp.float32),
-                           out_NBCKGD.astype(jnp.float32))
+  delta_NBKGC = jnp.einsum('nbkgcd,nbkgcd->nbkgc', dout_NBKGCD.astype(jnp.float32),
+                           out_NBKGCD.astype(jnp.float32))
 
-  def key_block(dq_NBCKGD, j):
-    k_j, v_j, seg_j = k_NBCKD[j], v_NBCKD[j], seg_NBC[j]
+  def key_block(dq_NBKGCD, j):
+    k_j, v_j, seg_j = k_NBKCD[j], v_NBKCD[j], seg_NBC[j]
 
     def query_block(i, carry):
-      dq_NBCKGD, dk_BCKD, dv_BCKD = carry
-      q_i, dout_i = q_NBCKGD[i], dout_NBCKGD[i]
+      dq_NBKGCD, dk_BKCD, dv_BKCD = carry
+      q_i, dout_i = q_NBKGCD[i], dout_NBKGCD[i]
       logits = _block_logits(q_i, k_j, seg_NBC[i], seg_j, i, j, scale)
-      probs = jnp.exp(logits - lse_NBKGQ[i][..., None])
-      dv_BCKD += jnp.einsum('bkgqt,bqkgd->btkd', probs.astype(dout_i.dtype), dout_i,
+      probs = jnp.exp(logits - lse_NBKGC[i][..., None])
+      dv_BKCD += jnp.einsum('bkgqt,bkgqd->bktd', probs.astype(dout_i.dtype), dout_i,
                             preferred_element_type=jnp.float32)
-      dprobs = jnp.einsum('bqkgd,btkd->bkgqt', dout_i, v_j,
+      dprobs = jnp.einsum('bkgqd,bktd->bkgqt', dout_i, v_j,
                           preferred_element_type=jnp.float32)
-      dlogits = probs * (dprobs - delta_NBKGQ[i][..., None]) * scale
-      dk_BCKD += jnp.einsum('bkgqt,bqkgd->btkd', dlogits.astype(q_i.dtype), q_i,
+      dlogits = probs * (dprobs - delta_NBKGC[i][..., None]) * scale
+      dk_BKCD += jnp.einsum('bkgqt,bkgqd->bktd', dlogits.astype(q_i.dtype), q_i,
                             preferred_element_type=jnp.float32)
-      dq_NBCKGD = dq_NBCKGD.at[i].add(jnp.einsum(
-          'bkgqt,btkd->bqkgd', dlogits.astype(k_j.dtype), k_j,
+      dq_NBKGCD = dq_NBKGCD.at[i].add(jnp.einsum(
+          'bkgqt,bktd->bkgqd', dlogits.astype(k_j.dtype), k_j,
           preferred_element_type=jnp.float32))
-      return dq_NBCKGD, dk_BCKD, dv_BCKD
+      return dq_NBKGCD, dk_BKCD, dv_BKCD
 
     zeros = jnp.zeros(k_j.shape, jnp.float32)
-    dq_NBCKGD, dk_BCKD, dv_BCKD = jax.lax.fori_loop(
-        j, N, query_block, (dq_NBCKGD, zeros, zeros))
-    return dq_NBCKGD, (dk_BCKD, dv_BCKD)
+    dq_NBKGCD, dk_BKCD, dv_BKCD = jax.lax.fori_loop(
+        j, N, query_block, (dq_NBKGCD, zeros, zeros))
+    return dq_NBKGCD, (dk_BKCD, dv_BKCD)
 
-  dq_NBCKGD, (dk_NBCKD, dv_NBCKD) = jax.lax.scan(
-      key_block, jnp.zeros(q_NBCKGD.shape, jnp.float32), jnp.arange(N))
-  return (dq_NBCKGD.astype(q_NBCKGD.dtype), dk_NBCKD.astype(k_NBCKD.dtype),
-          dv_NBCKD.astype(v_NBCKD.dtype), None)
+  dq_NBKGCD, (dk_NBKCD, dv_NBKCD) = jax.lax.scan(
+      key_block, jnp.zeros(q_NBKGCD.shape, jnp.float32), jnp.arange(N))
+  return (dq_NBKGCD.astype(q_NBKGCD.dtype), dk_NBKCD.astype(k_NBKCD.dtype),
+          dv_NBKCD.astype(v_NBKCD.dtype), None)
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
@@ -250,17 +266,18 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 # ----------------------------------------------------------------------------------------
 
 
-def _splash_attention(q, k, v, segment_ids, *, scale, mesh):
+def _splash_attention(q, k, v, segment_ids, *, scale, mesh, interpret):
   S = q.shape[1]
   if S % _SPLASH_BLOCK:
     raise ValueError(f"attention impl='splash' needs a sequence length divisible by "
                      f"{_SPLASH_BLOCK}, got {S}; use impl='xla' or 'chunked'.")
   # The kernel does not scale logits; scale in float32 so bf16 q keeps scale exact.
   q = (q.astype(jnp.float32) * scale).astype(q.dtype)
+  local = functools.partial(_splash_local, interpret=interpret)
   mesh = _resolve_mesh(mesh)
   if mesh is None:
-    return _splash_local(q, k, v, segment_ids)
-  return _splash_sharded(q, k, v, segment_ids, mesh)
+    return local(q, k, v, segment_ids)
+  return _splash_sharded(local, q, k, v, segment_ids, mesh)
 
 
 def _resolve_mesh(mesh):
@@ -273,8 +290,8 @@ def _resolve_mesh(mesh):
   return mesh if mesh.size > 1 else None
 
 
-def _splash_sharded(q, k, v, segment_ids, mesh):
-  """Runs splash per device: batch over data + fsdp, heads over tensor."""
+def _splash_sharded(local, q, k, v, segment_ids, mesh):
+  """Runs `local` per device: batch over data + fsdp, heads over tensor."""
   B, _, H, _ = q.shape
   batch_axes = tuple(a for a in _BATCH_AXES if a in mesh.axis_names)
   batch_shards = math.prod(mesh.shape[a] for a in batch_axes)
@@ -295,14 +312,14 @@ def _splash_sharded(q, k, v, segment_ids, mesh):
   if segment_ids is not None:
     args, specs = args + (segment_ids,), specs + (P(batch_axes, None),)
   # check_vma=False: the Pallas call carries no varying-axes annotations.
-  return jax.shard_map(_splash_local, mesh=mesh, in_specs=specs, out_specs=qkv_spec,
+  return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=qkv_spec,
                        check_vma=False)(*args)
 
 
-def _splash_local(q_BSHD, k_BSKD, v_BSKD, segment_ids=None):
+def _splash_local(q_BSHD, k_BSKD, v_BSKD, segment_ids=None, *, interpret):
   """Splash on arrays local to one device; q is pre-scaled."""
   _, S, H, _ = q_BSHD.shape
-  kernel = _make_splash_kernel(H, S)
+  kernel = _make_splash_kernel(H, S, interpret)
   q_BHSD = jnp.swapaxes(q_BSHD, 1, 2)
   k_BKSD = jnp.swapaxes(k_BSKD, 1, 2)
   v_BKSD = jnp.swapaxes(v_BSKD, 1, 2)
@@ -314,7 +331,7 @@ def _splash_local(q_BSHD, k_BSKD, v_BSKD, segment_ids=None):
   return jnp.swapaxes(out_BHSD, 1, 2)
 
 
-def _make_splash_kernel(num_heads, seq_len):
+def _make_splash_kernel(num_heads, seq_len, interpret):
   """A causal splash kernel for one example [H, S, D]; its GQA maps h -> h // (H/K)."""
   block = next(b for b in (512, 256, 128) if seq_len % b == 0)
   block_sizes = splash.BlockSizes(
@@ -324,7 +341,7 @@ def _make_splash_kernel(num_heads, seq_len):
   mask = splash.MultiHeadMask([splash.CausalMask((seq_len, seq_len))] * num_heads)
   return splash.make_splash_mha(
       mask, block_sizes=block_sizes, head_shards=1, q_seq_shards=1,
-      interpret=jax.default_backend() != 'tpu')
+      interpret=interpret)
 
 
 # ----------------------------------------------------------------------------------------
@@ -339,10 +356,10 @@ def _cudnn_supports(dtype, head_dim, segment_ids):
           and head_dim % 8 == 0 and head_dim <= 128)
 
 
-def _cudnn_attention(q, k, v, segment_ids, *, scale):
-  if jax.default_backend() != 'gpu':
-    raise ValueError(f"attention impl='cudnn' needs a CUDA GPU; this backend is "
-                     f"{jax.default_backend()!r}. Use impl='auto', 'xla' or 'chunked'.")
+def _cudnn_attention(q, k, v, segment_ids, *, scale, platform):
+  if platform != 'gpu':
+    raise ValueError(f"attention impl='cudnn' needs a CUDA GPU; this platform is "
+                     f"{platform!r}. Use impl='auto', 'xla' or 'chunked'.")
   if segment_ids is not None:
     raise ValueError(
         f"attention impl='cudnn' cannot mask segments: jax.nn.dot_product_attention in "

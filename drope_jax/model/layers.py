@@ -13,7 +13,7 @@ from drope_jax import parallel
 
 def normal_param(rngs: nnx.Rngs, shape, names, *, std: float, dtype) -> nnx.Param:
   value = std * jax.random.normal(rngs.params(), shape, jnp.dtype(dtype))
-  return nnx.Param(value, out_sharding=names)
+  return nnx.Param(value, out_sharding=parallel.fit_names(names, shape))
 
 
 class RMSNorm(nnx.Module):
@@ -21,7 +21,8 @@ class RMSNorm(nnx.Module):
 
   def __init__(self, shape: tuple[int, ...], names: tuple[str, ...], *, eps: float,
                param_dtype):
-    self.scale = nnx.Param(jnp.ones(shape, jnp.dtype(param_dtype)), out_sharding=names)
+    self.scale = nnx.Param(jnp.ones(shape, jnp.dtype(param_dtype)),
+                           out_sharding=parallel.fit_names(names, shape))
     self.eps = eps
 
   def __call__(self, x: jax.Array) -> jax.Array:

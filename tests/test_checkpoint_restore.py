@@ -1,0 +1,142 @@
+"""Checkpointer in process: other meshes, unfinished and corrupt checkpoints, partial
+restores for init_from."""
+
+import jax
+import numpy as np
+import pytest
+from absl import logging
+
+from drope_jax import checkpoint
+from drope_jax import optim
+from drope_jax import train_step
+from drope_jax import trainer
+from tests import helpers
+
+
+def _built(config, mesh_shape):
+  return train_step.build(config, helpers.mesh(mesh_shape),
+                          optim.make_optimizer(config.train))
+
+
+def _random_state(built, init_fn, seed=0):
+  """The init state with every leaf replaced by distinct random values."""
+  state = init_fn()
+  leaves, treedef = jax.tree.flatten(state)
+  rng = np.random.default_rng(seed)
+  leaves = [jax.device_put(rng.standard_normal(x.shape).astype(x.dtype), x.sharding)
+            for x in leaves]
+  return jax.tree.unflatten(treedef, leaves)
+
+
+def _assert_equal(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)),
+               a, b)
+
+
+def _checkpointer(directory, **overrides):
+  config = helpers.tiny_config().checkpoint
+  config.update(overrides)
+  return checkpoint.Checkpointer(str(directory), config)
+
+
+def test_saved_on_8_devices_restores_on_4_and_on_1_with_the_same_values(tmp_path):
+  config = helpers.tiny_config()
+  built8, init8 = _built(config, (2, 2, 2))
+  state = _random_state(built8, init8)
+  ckpt = _checkpointer(tmp_path)
+  ckpt.save(5, state, None, {"step": 5})
+  ckpt.close()
+  for shape in [(1, 2, 2), (1, 1, 1)]:
+    built, _ = _built(config, shape)
+    step, restored, meta = _checkpointer(tmp_path).restore_latest(built.abstract_state)
+    assert step == 5 and meta == {"step": 5}
+    _assert_equal(restored, state)
+    n = shape[0] * shape[1] * shape[2]
+    assert {len(x.sharding.device_set) for x in jax.tree.leaves(restored)} <= {1, n}
+    assert len(restored.params["embed"]["table_VE"].sharding.device_set) == n
+
+
+@pytest.fixture
+def three_checkpoints(tmp_path):
+  """Steps 1, 2, 3 of a tiny state, each with its own values."""
+  config = helpers.tiny_config()
+  built, init = _built(config, (1, 1, 1))
+  ckpt = _checkpointer(tmp_path)
+  states = {}
+  for step in (1, 2, 3):
+    states[step] = _random_state(built, init, seed=step)
+    ckpt.save(step, states[step], None, {"step": step})
+  ckpt.close()
+  return tmp_path, built, states
+
+
+def test_an_unfinished_save_is_never_chosen(three_checkpoints):
+  directory, built, states = three_checkpoints
+  # What a process killed while writing step 4 leaves: orbax's temporary directory.
+  (directory / "3").rename(directory / "4.orbax-checkpoint-tmp")
+  ckpt = _checkpointer(directory)
+  assert ckpt.steps() == [1, 2]
+  step, restored, _ = ckpt.restore_latest(built.abstract_state)
+  assert step == 2
+  _assert_equal(restored, states[2])
+
+
+def test_a_corrupt_latest_checkpoint_is_skipped_with_a_warning_and_moved_aside(
+    three_checkpoints, monkeypatch):
+  directory, built, states = three_checkpoints
+  for f in (directory / "3" / "state" / "d").iterdir():
+    f.write_bytes(b"not a checkpoint")
+  warnings = []
+  monkeypatch.setattr(logging, "warning", lambda msg, *a: warnings.append(msg % a))
+  ckpt = _checkpointer(directory)
+  step, restored, meta = ckpt.restore_latest(built.abstract_state)
+  assert step == 2 and meta == {"step": 2}
+  _assert_equal(restored, states[2])
+  assert any("/3 could not be restored" in w for w in warnings), warnings
+  assert (directory / "3.corrupt" / "state").is_dir()
+  assert ckpt.steps() == [1, 2]
+  # The run goes on and saves step 3 again.
+  ckpt.save(3, states[3], None, {"step": 3})
+  ckpt.wait()
+  assert ckpt.restore_latest(built.abstract_state)[0] == 3
+
+
+def test_when_no_checkpoint_restores_nothing_is_moved(three_checkpoints):
+  directory, _, _ = three_checkpoints
+  other, _ = _built(helpers.tiny_config(d_model=48), (1, 1, 1))  # not what was saved.
+  with pytest.raises(checkpoint.RestoreError, match="nothing was moved"):
+    _checkpointer(directory).restore_latest(other.abstract_state)
+  assert sorted(p.name for p in directory.iterdir()) == ["1", "2", "3"]
+
+
+def test_params_restore_into_a_model_with_new_qk_norm_gains(three_checkpoints):
+  directory, _, states = three_checkpoints
+  built, _ = _built(helpers.tiny_config(qk_norm="q"), (1, 1, 1))
+  restored = _checkpointer(directory).restore_parts(2, built.abstract_state, ["params"])
+  saved = {checkpoint.path_key(p): x for p, x in
+           jax.tree_util.tree_flatten_with_path(states[2].params)[0]}
+  assert {k[1:] for k in restored} == set(saved)
+  for key, value in restored.items():
+    np.testing.assert_array_equal(value, saved[key[1:]])
+  assert not any("q_norm" in k for k in restored)
+
+
+def test_a_saved_array_that_does_not_fit_is_named(three_checkpoints):
+  directory, _, _ = three_checkpoints
+  built, _ = _built(helpers.tiny_config(d_ff=48), (1, 1, 1))
+  with pytest.raises(ValueError, match=r"params/blocks/0/mlp/down_FE/value \(64, 32\)"):
+    _checkpointer(directory).restore_parts(2, built.abstract_state, ["params"])
+
+
+@pytest.mark.parametrize("saved, here, ok", [
+    ("none", "q", True), ("q", "qk", True), ("none", "none", True),
+    ("q", "none", False), ("k", "q", False)])
+def test_init_from_may_only_add_qk_norm_gains(saved, here, ok):
+  saved_model = dict(helpers.tiny_config(qk_norm=saved).model)
+  diffs = trainer.architecture_mismatch(saved_model, helpers.tiny_config(qk_norm=here).model,
+                                        new_qk_norm_ok=True)
+  assert (not diffs) == ok
+  assert trainer.architecture_mismatch(
+      saved_model, helpers.tiny_config(qk_norm=saved, d_model=48).model,
+      new_qk_norm_ok=True) == ["model.d_model is 32 there and 48 here"]
