@@ -4,9 +4,10 @@ r"""drope_jax training throughput beside Hugging Face + PyTorch on the same shap
 
 Times the real jitted train step (forward, loss, backward, clipping, AdamW) on random
 tokens at the config's batch x seq, after warmup, on this machine's devices. With
---torch, also times LlamaForCausalLM + torch AdamW (benchmarks/hf_llama_cpu.py).
+--torch, also times LlamaForCausalLM + torch AdamW (benchmarks/torch_baseline.py).
 """
 
+import statistics
 import time
 
 import jax
@@ -49,11 +50,14 @@ def drope_jax_seconds_per_step(config, warmup: int, steps: int, phase="pretrain"
   for i in range(warmup):
     state, metrics = step_fn(state, batches[i % 4])
   jax.block_until_ready(metrics)
-  start = time.perf_counter()
+  step_seconds = []
   for i in range(steps):
+    start = time.perf_counter()
     state, metrics = step_fn(state, batches[i % 4])
-  jax.block_until_ready(metrics)
-  return (time.perf_counter() - start) / steps
+    jax.block_until_ready(metrics)
+    step_seconds.append(time.perf_counter() - start)
+  # The median step: robust to other processes stealing the CPU now and then.
+  return statistics.median(step_seconds)
 
 
 def main(argv):
@@ -65,14 +69,14 @@ def main(argv):
   rows = [("drope_jax (jit, AdamW)",
            drope_jax_seconds_per_step(config, _WARMUP.value, _STEPS.value))]
   if _TORCH.value:
-    from benchmarks import hf_llama_cpu  # pylint: disable=g-import-not-at-top
+    from benchmarks import torch_baseline  # pylint: disable=g-import-not-at-top
     rows.append(("HF LlamaForCausalLM + torch AdamW",
-                 hf_llama_cpu.seconds_per_step(config, warmup=_WARMUP.value,
-                                               steps=_STEPS.value)))
+                 torch_baseline.seconds_per_step(config, warmup=_WARMUP.value,
+                                                 steps=_STEPS.value)))
   n_params = flops.params_count(config.model)["total"]
   print(f"{jax.devices()[0].device_kind} x{jax.device_count()}; {n_params / 1e6:.2f}M params; "
         f"batch {t.batch_size} x seq {t.seq_len}; {_STEPS.value} timed steps")
-  print("| trainer | step s | tokens/s | model GFLOP/s |")
+  print("| trainer | median step s | tokens/s | model GFLOP/s |")
   print("|---|---|---|---|")
   for name, seconds in rows:
     print(f"| {name} | {seconds:.3f} | {tokens / seconds:,.0f} | "

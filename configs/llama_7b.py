@@ -1,14 +1,14 @@
-"""A Llama-2-7B-shaped model at seq 4096: the paper's 7B recalibration recipe.
+"""A Llama-2-7B-shaped model at seq 4096, on the paper's 7B recalibration schedule.
 
 Sized for a v5p-128 slice (64 chips, FSDP over all of them): 512 x 4096 tokens per step,
 peak lr 1e-4, 100 warmup steps, cosine, about 20B tokens. Used for the TPU compile check.
 
-Variants: `drope` drops RoPE from step 0 (recalibration of a RoPE model, as in the
-paper), `rope` keeps RoPE throughout, `nope` trains without it throughout.
-
-To recalibrate real weights, point `checkpoint.init_from` at a run directory holding
-them; without it the model starts from random init. Set `data.paths` and
-`data.tokenizer` to your prepared shards and the Llama-2 tokenizer.
+Variants: `rope` (RoPE throughout), `nope` (NoPE throughout), `drope` (RoPE, dropped at
+step 8300 = the 14K/16K proportion of the 0.5B recipe, then recalibration).
+The paper's DroPE of a pretrained Llama-2-7B is the `nope` variant started from its
+RoPE weights: set `checkpoint.init_from` to a run directory holding them (a fresh
+optimizer and schedule, as in the paper). Set `data.paths` and `data.tokenizer` to your
+prepared shards and the Llama-2 tokenizer.
 """
 
 from drope_jax import config as config_lib
@@ -48,7 +48,7 @@ def get_config(variant: str = "drope"):
   config.train.log_every = 10
   config.train.eval_every = 500
 
-  config.drope.drop_at_step = 0
+  config.drope.drop_at_step = 8_300
   config.drope.lr = 1e-4
   config.drope.warmup_steps = 100
   config.drope.schedule = "cosine"

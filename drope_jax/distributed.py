@@ -4,11 +4,25 @@
   set by the launch scripts; on a multi-worker TPU VM it is detected automatically).
 - Anything else (CPU or GPU hosts, tests on 127.0.0.1): set DROPE_COORDINATOR=host:port,
   DROPE_NUM_PROCESSES and DROPE_PROCESS_ID on every process.
+
+No process may wait forever for a dead peer. A process that crashes exits at once
+instead of waiting at the shutdown barrier, so its peers see it gone (a closed
+connection, or no heartbeat for DROPE_HEARTBEAT_TIMEOUT seconds) and abort too. An error
+every process raises alike (a bad config) exits through the normal shutdown, which waits
+at most DROPE_SHUTDOWN_TIMEOUT seconds for the others.
 """
 
 import os
+import sys
+import traceback
 
 import jax
+
+_TIMEOUTS = {  # jax.distributed.initialize keyword: (environment variable, seconds).
+    "initialization_timeout": ("DROPE_INIT_TIMEOUT", 300),
+    "heartbeat_timeout_seconds": ("DROPE_HEARTBEAT_TIMEOUT", 100),
+    "shutdown_timeout_seconds": ("DROPE_SHUTDOWN_TIMEOUT", 120),
+}
 
 
 def _tpu_pod() -> bool:
@@ -16,16 +30,33 @@ def _tpu_pod() -> bool:
   return "," in hosts
 
 
+def _timeouts() -> dict[str, int]:
+  return {arg: int(os.environ.get(env, default))
+          for arg, (env, default) in _TIMEOUTS.items()}
+
+
 def initialize() -> None:
+  """Joins the job described by the environment; a no-op for a single process."""
   coordinator = os.environ.get("DROPE_COORDINATOR")
   if coordinator:
-    if jax.config.jax_platforms in (None, "", "cpu") and os.environ.get(
-        "JAX_PLATFORMS", "cpu") == "cpu":
-      # CPU processes exchange collectives over gloo.
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # CPU processes exchange collectives over gloo (other backends ignore this).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
         coordinator_address=coordinator,
         num_processes=int(os.environ["DROPE_NUM_PROCESSES"]),
-        process_id=int(os.environ["DROPE_PROCESS_ID"]))
+        process_id=int(os.environ["DROPE_PROCESS_ID"]), **_timeouts())
   elif os.environ.get("DROPE_DISTRIBUTED") == "auto" or _tpu_pod():
-    jax.distributed.initialize()
+    jax.distributed.initialize(**_timeouts())
+  else:
+    return
+  sys.excepthook = _exit_on_crash
+
+
+def _exit_on_crash(exc_type, exc, tb):
+  """Prints the traceback and exits without the shutdown barrier: peers blocked in a
+  collective would never reach it, and the barrier would hold this process too."""
+  traceback.print_exception(exc_type, exc, tb)
+  print(f"process {jax.process_index()} failed; exiting without waiting for the other "
+        f"{jax.process_count() - 1} processes", file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(1)

@@ -45,6 +45,7 @@ from drope_jax.model.positional import Positional
 EVALS = ("perplexity", "niah")
 METHODS = {"rope": ("none", "pi", "ntk", "yarn", "dynamic_ntk"),
            "nope": ("none", "temperature")}
+KIND_NAMES = {"rope": "RoPE", "nope": "NoPE"}
 # Beyond this many tokens, quadratic attention gives way to the chunked kernel.
 LONG_CONTEXT = 2048
 
@@ -114,7 +115,7 @@ class Method:
 def resolve_methods(run: loading.Run, requested, c: float | None) -> list[Method]:
   base = run.positional()
   allowed = METHODS[base.kind]
-  what = f"{run.name} step {run.step} is a {base.kind.upper()} checkpoint"
+  what = f"{run.name} step {run.step} is a {KIND_NAMES[base.kind]} checkpoint"
   if c is None and "temperature" in allowed:
     c = _saved_c(run)
   if list(requested) == ["auto"]:
@@ -290,7 +291,7 @@ def evaluate(workdir: str):
   say(f"restoring {workdir} (step {_STEP.value if _STEP.value is not None else 'latest'})")
   run = loading.load_run(workdir, _STEP.value)
   kind = run.positional().kind
-  say(f"{run.name} step {run.step}: phase {run.phase}, {kind.upper()}, trained at "
+  say(f"{run.name} step {run.step}: phase {run.phase}, {KIND_NAMES[kind]}, trained at "
       f"{run.train_len} tokens")
   if _FIT.value:
     stream = heldout.token_stream(run.config, _EVAL_TOKENS.value + 1,
@@ -300,7 +301,8 @@ def evaluate(workdir: str):
     return
   lengths = lengths_of(run, _LENGTHS.value)
   methods = resolve_methods(run, _METHODS.value, _TEMPERATURE_C.value)
-  say(f"methods: {', '.join(m.name for m in methods)}; lengths: "
+  c = next((f" (c = {m.c:g})" for m in methods if m.name == "temperature"), "")
+  say(f"methods: {', '.join(m.name for m in methods)}{c}; lengths: "
       f"{', '.join(map(str, lengths))}")
   if "perplexity" in _EVALS.value:
     stream = heldout.token_stream(run.config, _EVAL_TOKENS.value + 1,
@@ -318,7 +320,7 @@ def evaluate(workdir: str):
 
 
 def main(argv):
-  logging.set_verbosity(logging.WARNING)  # orbax logs every file it touches at INFO.
+  logging.set_verbosity(logging.ERROR)  # orbax logs every file it touches.
   try:
     if _COMPARE.value:
       compare(argv[1:], _OUT.value)

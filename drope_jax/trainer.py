@@ -5,6 +5,11 @@ A run is a list of phases. RoPE and NoPE runs have one ('pretrain'); a DroPE run
 optionally fresh AdamW moments). Each phase gets its own jitted step function. Metrics
 at step s describe update s (0-based), which starts from checkpoint s; `eval_loss` on
 that line is measured on the weights the update produced (checkpoint s + 1).
+
+Running again on the same workdir resumes from the newest checkpoint that restores
+(model, optimizer, step and so schedule and phase, data position); one from another
+architecture or phase split is refused. Without one, `checkpoint.init_from` starts
+from another run's weights. SIGTERM saves at the end of the step and exits 0.
 """
 
 import dataclasses
@@ -101,6 +106,7 @@ def architecture_mismatch(saved: dict, model_config, *, new_qk_norm_ok: bool) ->
 
 
 def _changed_keys(saved: dict, current: dict, prefix: str = "") -> list[str]:
+  """`key: old -> new` for each config value that differs (JSON made tuples lists)."""
   changed = []
   for key in sorted(set(saved) | set(current)):
     a, b = saved.get(key), current.get(key)

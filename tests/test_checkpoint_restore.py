@@ -1,6 +1,8 @@
 """Checkpointer in process: other meshes, unfinished and corrupt checkpoints, partial
 restores for init_from."""
 
+import shutil
+
 import jax
 import numpy as np
 import pytest
@@ -34,10 +36,10 @@ def _assert_equal(a, b):
                a, b)
 
 
-def _checkpointer(directory, **overrides):
+def _checkpointer(directory, keep_steps=(), **overrides):
   config = helpers.tiny_config().checkpoint
   config.update(overrides)
-  return checkpoint.Checkpointer(str(directory), config)
+  return checkpoint.Checkpointer(str(directory), config, keep_steps=keep_steps)
 
 
 def test_saved_on_8_devices_restores_on_4_and_on_1_with_the_same_values(tmp_path):
@@ -57,18 +59,35 @@ def test_saved_on_8_devices_restores_on_4_and_on_1_with_the_same_values(tmp_path
     assert len(restored.params["embed"]["table_VE"].sharding.device_set) == n
 
 
-@pytest.fixture
-def three_checkpoints(tmp_path):
-  """Steps 1, 2, 3 of a tiny state, each with its own values."""
-  config = helpers.tiny_config()
-  built, init = _built(config, (1, 1, 1))
-  ckpt = _checkpointer(tmp_path)
+def test_kept_are_the_last_n_every_kth_and_the_drop_point(tmp_path):
+  _, init = _built(helpers.tiny_config(), (1, 1, 1))
+  state = init()
+  ckpt = _checkpointer(tmp_path, keep_steps=(7,), max_to_keep=2, keep_period=4)
+  for step in range(1, 11):
+    ckpt.save(step, state, None, {})
+  ckpt.wait()
+  assert ckpt.steps() == [4, 7, 8, 9, 10]
+
+
+@pytest.fixture(scope="module")
+def _saved(tmp_path_factory):
+  directory = tmp_path_factory.mktemp("saved")
+  built, init = _built(helpers.tiny_config(), (1, 1, 1))
+  ckpt = _checkpointer(directory)
   states = {}
   for step in (1, 2, 3):
     states[step] = _random_state(built, init, seed=step)
     ckpt.save(step, states[step], None, {"step": step})
   ckpt.close()
-  return tmp_path, built, states
+  return directory, built, states
+
+
+@pytest.fixture
+def three_checkpoints(_saved, tmp_path):  # pylint: disable=redefined-outer-name
+  """Steps 1, 2, 3 of a tiny state, each with its own values: a copy to damage."""
+  directory, built, states = _saved
+  shutil.copytree(directory, tmp_path / "checkpoints")
+  return tmp_path / "checkpoints", built, states
 
 
 def test_an_unfinished_save_is_never_chosen(three_checkpoints):

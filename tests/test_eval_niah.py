@@ -1,14 +1,16 @@
 """A model trained to copy from context retrieves needles with greedy cached decoding.
 
-The NIAH machinery (prefill, decode, exact-match scoring) is only worth trusting if a
-model that can retrieve actually scores. A tiny 2-layer RoPE model is trained on
-repeated random strings (which grows induction heads within ~100 steps) mixed with
-needle prompts: answer "?key:" with the 7-digit value that followed "key:" earlier
-in a haystack of random letters. Chance is about 1e-7 per needle.
+The NIAH machinery (prefill, per-row cache slots, greedy decode, exact-match scoring)
+is only worth trusting if a model that can retrieve actually scores. Content-based
+induction does not form within a CPU test's budget, so the task is the simpler copy
+that does: a tiny 2-layer RoPE model learns in ~100 steps to repeat what it saw
+SEQ / 2 tokens earlier. A needle (a 7-digit value) hidden at a random depth of a
+haystack of random characters is then retrieved by prompting with the haystack and
+its first part again: the model must continue with the value. The copy distance is
+exact, so a decode position that is off by one fails the test. Chance: about 1e-7.
 """
 
 import numpy as np
-import optax
 
 from drope_jax import optim
 from drope_jax import train_step
@@ -21,51 +23,33 @@ from tests import helpers
 CHARS = "0123456789abcdefghijklmnopqrstuvwxyz :?."
 EOS, PAD = 62, 63
 SEQ = 128
+HALF = SEQ // 2
 ROPE = Positional("rope", theta=10_000.0)
-
-
-def encode(text):
-  return np.array([CHARS.index(c) for c in text], np.int32)
 
 
 def decode(ids):
   return "".join(CHARS[i] for i in ids if i < len(CHARS))
 
 
-def example(rng):
-  """(prompt, answer): a needle 'key:value.' hidden in letters, then '?key:'."""
-  key = "".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), 2))
-  value = "".join(rng.choice(list("123456789"), 7, replace=False))
-  filler = "".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz     "), SEQ))
-  needle = f" {key}:{value}. "
-  question = f" ?{key}:"
-  room = SEQ - len(needle) - len(question) - len(value) - 2
-  cut = int(rng.integers(0, room))
-  prompt = filler[:cut] + needle + filler[cut:room] + question
-  return encode(prompt), value
-
-
 def training_batch(rng, batch_size):
-  """Half repeated random strings (loss on the repeat), half needles (loss on the
-  answer)."""
-  repeats = batch_size // 2
-  half = SEQ // 2
-  first = rng.integers(0, len(CHARS), (repeats, half + 1))
-  rows = list(np.concatenate([first, first], 1)[:, :SEQ + 1])
-  weights = [np.arange(SEQ, dtype=np.float32) >= half] * repeats
-  for _ in range(batch_size - repeats):
-    prompt, value = example(rng)
-    tokens = np.concatenate([prompt, encode(value + "."), [EOS]])
-    tokens = np.pad(tokens, (0, SEQ + 1 - len(tokens)), constant_values=PAD)
-    weight = np.zeros(SEQ, np.float32)
-    weight[len(prompt) - 1:len(prompt) + len(value)] = 1.0
-    rows.append(tokens)
-    weights.append(weight)
-  rows = np.stack(rows)
-  return dict(inputs=rows[:, :-1].astype(np.int32), targets=rows[:, 1:].astype(np.int32),
+  """Random strings of HALF + 1 characters, repeated; the loss is on the repeat."""
+  first = rng.integers(0, len(CHARS), (batch_size, HALF + 1))
+  rows = np.concatenate([first, first], 1)[:, :SEQ + 1].astype(np.int32)
+  weights = np.broadcast_to(np.arange(SEQ) >= HALF, (batch_size, SEQ))
+  return dict(inputs=rows[:, :-1], targets=rows[:, 1:],
               positions=np.broadcast_to(np.arange(SEQ), (batch_size, SEQ)),
               segment_ids=np.ones((batch_size, SEQ), np.int32),
-              weights=np.stack(weights).astype(np.float32))
+              weights=weights.astype(np.float32))
+
+
+def needle_prompt(rng):
+  """(prompt, value): letters with a 7-digit value at a random depth, then the
+  letters again up to the value. Prompts differ in length (padding is exercised)."""
+  haystack = rng.integers(CHARS.index("a"), CHARS.index("z") + 1, HALF + 1)
+  value = "".join(rng.choice(list("0123456789"), 7))
+  depth = int(rng.integers(1, HALF - 7))
+  haystack[depth:depth + 7] = [CHARS.index(c) for c in value]
+  return np.concatenate([haystack, haystack[:depth]]).astype(np.int32), value
 
 
 def test_a_trained_copying_model_retrieves_needles_far_above_chance():
@@ -79,16 +63,16 @@ def test_a_trained_copying_model_retrieves_needles_far_above_chance():
   state, rng = init(), np.random.default_rng(0)
   for _ in range(config.train.steps):
     state, metrics = step_fn(state, training_batch(rng, config.train.batch_size))
-  assert float(metrics["loss"]) < 0.5
+  assert float(metrics["loss"]) < 0.1
 
   test_rng = np.random.default_rng(123)
-  prompts, values = zip(*(example(test_rng) for _ in range(32)))
+  prompts, values = zip(*(needle_prompt(test_rng) for _ in range(32)))
   completions = generate.complete(
       built.graphdef, state.params, list(prompts), positional=ROPE,
-      sampling=generate.Sampling(max_new_tokens=9), eos_id=EOS, pad_id=PAD,
-      batch_size=16, vocab_limit=len(CHARS), width=SEQ)
+      sampling=generate.Sampling(max_new_tokens=8), eos_id=EOS, pad_id=PAD,
+      batch_size=16, vocab_limit=len(CHARS), width=SEQ, prefill_chunk=64)
   scores = [niah.score(decode(c), [v]) for c, v in zip(completions, values)]
-  assert np.mean(scores) >= 0.6, [decode(c) for c in completions]
+  assert np.mean(scores) >= 0.75, [decode(c) for c in completions]
 
 
 def test_answer_budget_covers_every_asked_number():

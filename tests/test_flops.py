@@ -1,12 +1,16 @@
-"""Parameter counts against hand arithmetic and Hugging Face; FLOPs; peak lookup."""
+"""Parameter counts against hand arithmetic, Hugging Face and our model; FLOPs; peaks."""
 
 import importlib.util
 import pathlib
 
+from flax import nnx
+import jax
 import pytest
 
 from drope_jax import config as config_lib
 from drope_jax import flops
+from drope_jax import parallel
+from drope_jax.model import transformer
 
 
 def _model_config(**overrides):
@@ -123,7 +127,21 @@ def _load_config(name, variant):
 @pytest.mark.parametrize("variant", ["rope", "nope", "drope"])
 def test_experiment_configs_have_the_published_sizes(variant):
   qwen2 = _load_config("ablation_500m", variant)
+  llama2 = _load_config("llama_7b", variant)
+  config_lib.validate(qwen2)
+  config_lib.validate(llama2)
   assert qwen2.model.pos_emb == variant
   assert flops.params_count(qwen2.model) == flops.params_count(_qwen2_05b())
-  llama2 = _load_config("llama_7b", variant)
   assert flops.params_count(llama2.model)["total"] == 6_738_415_616  # Llama-2-7B.
+
+
+@pytest.mark.parametrize("qk_norm", ["none", "qk"])
+@pytest.mark.parametrize("tie", [True, False])
+def test_param_count_matches_drope_jax_model(qk_norm, tie):
+  config = config_lib.base_config()
+  config.model.update(qk_norm=qk_norm, tie_embeddings=tie)
+  cfg = transformer.ModelConfig.from_config(config.model)
+  with parallel.mesh_context(parallel.make_mesh(config.mesh)):
+    model = nnx.eval_shape(lambda: transformer.Transformer(cfg, rngs=nnx.Rngs(0)))
+  n_params = sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  assert flops.params_count(config.model)["total"] == n_params

@@ -4,7 +4,8 @@
                                     sampling=Sampling(max_new_tokens=32), eos_id=...)
 
 Prompts of different lengths share a batch right-padded: the prompt is prefilled in
-chunks (memory linear in the context, as with the chunked kernel), then every row
+chunks (memory linear in the context, as with the chunked kernel; one chunk for
+dynamic NTK, whose frequencies depend on the length seen), then every row
 decodes one token per step at its own cache slot, so padding is never attended to:
 a padded slot is overwritten before any query can see it. The decode loop is one
 jitted lax.while_loop that stops when every row has emitted EOS.
@@ -56,7 +57,11 @@ def make_generate_fn(graphdef, positional: Positional, sampling: Sampling, *,
   def prefill(model, prompts_BP, lengths_B, cache):
     """Writes the prompts into the cache; returns the logits after each last token."""
     b, p = prompts_BP.shape
-    chunk = min(prefill_chunk, p)
+    # Dynamic NTK scales by the length seen: the whole prompt must be one chunk.
+    chunk = p if positional.scaling == "dynamic_ntk" else min(prefill_chunk, p)
+    if p % chunk:
+      raise ValueError(f"prompt width {p} is not a multiple of the prefill chunk "
+                       f"{chunk}: pad with pad_prompts")
 
     def body(c, carry):
       cache, last_BV = carry

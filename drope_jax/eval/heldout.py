@@ -54,7 +54,7 @@ def windows(stream: np.ndarray, length: int, count: int) -> np.ndarray:
   if count < 1:
     raise sources.InputError(
         f"the held-out data has {len(stream)} tokens, fewer than one window of "
-        f"{length + 1}: pass a larger --eval_data or lower --lengths")
+        f"{length + 1}: raise --eval_tokens, give more --eval_data or lower --lengths")
   # Windows overlap by one token so that every token is predicted exactly once.
   starts = np.arange(count) * length
   return np.stack([stream[s:s + length + 1] for s in starts])

@@ -1,0 +1,68 @@
+"""Perplexity vs length: kernels agree, windows and buckets are what they claim."""
+
+import dataclasses
+
+import jax
+import numpy as np
+from flax import nnx
+
+from drope_jax.eval import heldout
+from drope_jax.eval import perplexity
+from drope_jax.eval import temperature
+from drope_jax.model.positional import Positional
+from tests import helpers
+
+ROPE = Positional("rope", theta=10_000.0)
+
+
+def test_chunked_long_evaluation_equals_the_xla_full_pass():
+  config = helpers.tiny_config("rope", attention_chunk=16).model
+  mesh = helpers.mesh()
+  model = helpers.build_model(config, on_mesh=mesh)
+  graphdef_xla, params = nnx.split(model, nnx.Param)
+  graphdef_chunked = nnx.graphdef(helpers.build_model(
+      helpers.tiny_config("rope", attention_chunk=16, attention="chunked").model,
+      on_mesh=mesh))
+  stream = np.random.default_rng(0).integers(0, 64, 5 * 48 + 1).astype(np.int32)
+  windows = heldout.windows(stream, 48, 5)
+  positional = dataclasses.replace(ROPE, scaling="yarn", factor=3.0, original_max_len=16)
+  run = lambda g: perplexity.evaluate(g, params, windows, positional=positional,
+                                      mesh=mesh, batch_size=2)
+  xla, chunked = run(graphdef_xla), run(graphdef_chunked)
+  assert xla.tokens == chunked.tokens == 5 * 48
+  np.testing.assert_allclose(chunked.loss_by_position, xla.loss_by_position, rtol=1e-5)
+  np.testing.assert_allclose(chunked.perplexity, xla.perplexity, rtol=1e-6)
+  # The per-position loss is the plain cross-entropy of a full forward pass.
+  logits = model(windows[:, :-1], positional=positional)
+  log_probs = jax.nn.log_softmax(logits)
+  expected = -np.take_along_axis(np.asarray(log_probs), windows[:, 1:, None], -1)[..., 0]
+  np.testing.assert_allclose(xla.loss_by_position, expected.mean(0), rtol=1e-5)
+
+
+def test_windows_cover_the_same_text_at_every_length_and_predict_each_token_once():
+  stream = np.arange(1000, dtype=np.int32)
+  short, long = heldout.windows(stream, 100, 99), heldout.windows(stream, 400, 99)
+  assert short.shape == (9, 101) and long.shape == (2, 401)
+  np.testing.assert_array_equal(short[:, 1:].ravel(), np.arange(1, 901))
+  np.testing.assert_array_equal(long[:, 1:].ravel(), np.arange(1, 801))
+
+
+def test_buckets_end_at_the_longest_length_and_are_empty_past_each_length():
+  edges = perplexity.bucket_edges(train_len=64, max_len=256)
+  assert edges == list(range(0, 257, 16))
+  result = perplexity.Result(length=128, tokens=128, loss=1.0,
+                             loss_by_position=np.arange(128, dtype=float))
+  buckets = result.bucket_losses(edges)
+  assert buckets[0] == np.mean(np.arange(16)) and buckets[7] == np.mean(np.arange(112, 128))
+  assert buckets[8:] == [None] * 8
+
+
+def test_temperature_fit_finds_the_minimum_on_a_coarse_then_fine_grid():
+  calls = []
+  def loss_at(c):
+    calls.append(c)
+    return (c - 0.43) ** 2
+  c, grid = temperature.fit(loss_at)
+  assert abs(c - 0.43) <= 0.011
+  assert len(calls) == len(set(calls)) == len(grid) < 25
+  assert [x for x, _ in grid] == sorted(x for x, _ in grid)
