@@ -8,6 +8,7 @@ so that a resumed run appends to it. Checkpoints do not go through here: orbax w
 them to gs:// directly.
 """
 
+import hashlib
 import pathlib
 import shutil
 import tempfile
@@ -25,7 +26,11 @@ class MetricsMirror:
 
   def __init__(self, remote: str, every_secs: float = 60.0):
     self.remote = epath.Path(remote)
-    self.local = pathlib.Path(tempfile.mkdtemp(prefix="drope_metrics_"))
+    # One directory per workdir: a restart after a kill clears what the killed run left.
+    self.local = pathlib.Path(tempfile.gettempdir(), "drope_metrics", hashlib.sha256(
+        str(self.remote).encode()).hexdigest()[:16])
+    shutil.rmtree(self.local, ignore_errors=True)
+    self.local.mkdir(parents=True)
     self.every_secs = every_secs
     self._uploaded = {}  # relative path -> (size, mtime) last uploaded.
     self._last_sync = time.monotonic()

@@ -6,9 +6,10 @@ parallelism of a run means changing `mesh.shape` in its config, never the model 
 
 A mesh axis that does not divide a dimension is dropped from that dimension's sharding
 (the dimension is replicated over it) with a warning, instead of failing in XLA: e.g.
-2 kv heads on tensor=4 keep a full copy of k/v weights per tensor shard (as Megatron
-does for GQA), and a vocabulary of 50257 on tensor=2 keeps the whole table. The batch is
-the exception: `check_batch` asks for a batch that splits evenly.
+with 2 kv heads on tensor=4 every tensor shard holds both kv heads (as Megatron does for
+GQA), and a vocabulary of 50257 on tensor=2 stays whole. Parameters keep their logical
+names; `train_step.build` fits their shardings to their shapes. The batch is the
+exception: `check_batch` asks for a batch that splits evenly.
 """
 
 import contextlib
@@ -40,6 +41,7 @@ RULES = (
     ("seq", None),
     ("act_embed", None),
     ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
     ("act_mlp", "tensor"),
     ("act_vocab", "tensor"),
 )
@@ -124,49 +126,51 @@ def _mesh_axes(name: str | None) -> tuple[str, ...]:
   return () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
 
 
-def _fit(name, dim: int, mesh) -> tuple[str, ...]:
-  """The longest prefix of `name`'s mesh axes whose product divides `dim`."""
-  axes = tuple(a for a in _mesh_axes(name) if a in mesh.axis_names)
-  kept = []
-  for axis in axes:
-    if dim % (math.prod(mesh.shape[a] for a in kept) * mesh.shape[axis]):
-      break
-    kept.append(axis)
-  dropped = axes[len(kept):]
-  if any(mesh.shape[a] > 1 for a in dropped) and (name, dim, dropped) not in _warned:
-    _warned.add((name, dim, dropped))
-    logging.warning("'%s' of size %d does not split over mesh axes %s %s: replicated "
-                    "over them", name, dim, dropped,
-                    tuple(mesh.shape[a] for a in dropped))
-  return tuple(kept)
-
-
 def logical_to_spec(names: Sequence[str | None], shape: Sequence[int] | None = None,
                     mesh=None) -> P:
   """The PartitionSpec of logical `names`; given a shape and mesh, one that divides it."""
+  spec = P(*(_entry(_mesh_axes(n)) for n in names))
   if shape is None or mesh is None:
-    entries = [_mesh_axes(n) for n in names]
-  else:
-    entries = [_fit(n, d, mesh) for n, d in zip(names, shape, strict=True)]
-  return P(*(e[0] if len(e) == 1 else e or None for e in entries))
+    return spec
+  return fit_spec(spec, shape, mesh, what=f"{tuple(names)}")
+
+
+def fit_spec(spec: P, shape: Sequence[int], mesh, what: str = "an array") -> P:
+  """`spec` keeping, per dimension, the longest prefix of its mesh axes whose product
+  divides the dimension; the rest are dropped (replicated), with a warning."""
+  entries = []
+  for i, dim in enumerate(shape):
+    entry = spec[i] if i < len(spec) else None
+    axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+    axes = tuple(a for a in axes if a in mesh.axis_names)
+    kept = 0
+    while kept < len(axes) and dim % math.prod(mesh.shape[a] for a in axes[:kept + 1]) == 0:
+      kept += 1
+    dropped = tuple(a for a in axes[kept:] if mesh.shape[a] > 1)
+    if dropped and (dim, dropped) not in _warned:  # once, not once per layer.
+      _warned.add((dim, dropped))
+      logging.warning("a dimension of size %d (first: %s, dimension %d) does not split "
+                      "over mesh axes %s of sizes %s: replicated over them", dim, what, i,
+                      dropped, tuple(mesh.shape[a] for a in dropped))
+    entries.append(_entry(axes[:kept]))
+  return P(*entries)
+
+
+def _entry(axes: tuple[str, ...]):
+  return None if not axes else axes[0] if len(axes) == 1 else axes
+
+
+def fit_shardings(abstract_tree, shardings_tree):
+  """NamedShardings of a tree of arrays, each fitted (`fit_spec`) to its array's shape."""
+  def fit(path, array, sharding):
+    spec = fit_spec(sharding.spec, array.shape, sharding.mesh,
+                    what=jax.tree_util.keystr(path))
+    return NamedSharding(sharding.mesh, spec)
+  return jax.tree_util.tree_map_with_path(fit, abstract_tree, shardings_tree)
 
 
 def logical_sharding(mesh, names: Sequence[str | None], shape=None) -> NamedSharding:
   return NamedSharding(mesh, logical_to_spec(names, shape, mesh))
-
-
-def fit_names(names: Sequence[str | None], shape: Sequence[int]) -> tuple:
-  """`names` for a parameter of `shape` on the current mesh: a name whose mesh axes do
-  not divide its dimension becomes None (replicated). Without a mesh, unchanged."""
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty:
-    return tuple(names)
-  return tuple(n if len(_fit(n, d, mesh)) == len(_present(n, mesh)) else None
-               for n, d in zip(names, shape, strict=True))
-
-
-def _present(name, mesh) -> tuple[str, ...]:
-  return tuple(a for a in _mesh_axes(name) if a in mesh.axis_names)
 
 
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
@@ -191,7 +195,8 @@ def check_batch(batch_size: int, grad_accum: int, mesh) -> None:
     raise MeshError(
         f"train.batch_size={batch_size} / train.grad_accum={grad_accum} = {micro} rows "
         f"per micro-batch do not split over data x fsdp = {shards} devices "
-        f"(mesh {dict(mesh.shape)}): use a multiple of {shards}")
+        f"(mesh {dict(mesh.shape)}): make train.batch_size a multiple of "
+        f"{shards * grad_accum}")
   n_processes = len({d.process_index for d in mesh.devices.flat})
   if shards % n_processes:
     raise MeshError(

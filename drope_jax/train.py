@@ -10,6 +10,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from drope_jax import checkpoint
 from drope_jax import config as config_lib
 from drope_jax import distributed
 
@@ -29,7 +30,8 @@ def main(argv):
   from drope_jax import trainer  # pylint: disable=g-import-not-at-top
   try:
     trainer.Trainer(_CONFIG.value, _WORKDIR.value).run()
-  except (config_lib.ConfigError, FileNotFoundError, trainer.NonFiniteLossError) as e:
+  except (config_lib.ConfigError, FileNotFoundError, checkpoint.RestoreError,
+          trainer.NonFiniteLossError) as e:
     _exit_with(str(e))
 
 

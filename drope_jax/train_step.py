@@ -52,7 +52,8 @@ def build(config, mesh, tx) -> tuple[Built, Callable[[], TrainState]]:
     graphdef = nnx.graphdef(nnx.eval_shape(
         lambda: transformer.Transformer(model_cfg, rngs=nnx.Rngs(0))))
     abstract = jax.eval_shape(init)
-    shardings = nnx.get_named_sharding(abstract, mesh)
+    # Mesh axes that do not divide a parameter's dimension replicate it (parallel.py).
+    shardings = parallel.fit_shardings(abstract, nnx.get_named_sharding(abstract, mesh))
   abstract = jax.tree.map(
       lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
       abstract, shardings)

@@ -232,7 +232,8 @@ class Trainer:
           f"checkpoint.init_from={c.init_from} (step {step}): {e}"
           + (". Its optimizer differs: drop checkpoint.init_optimizer"
              if c.init_optimizer else "")) from e
-    source.close()
+    finally:
+      source.close()
     fresh = []
 
     def take(path, value):

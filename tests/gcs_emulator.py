@@ -42,8 +42,8 @@ def serve(bucket: str):
   """Runs an in-memory emulator holding `bucket`; yields its environment variables."""
   port = _free_port()
   proc = subprocess.Popen(
-      [sys.executable, "-m", "tests.gcs_emulator", "start", "--host", "127.0.0.1", f"--port={port}", "--in-memory",
-       f"--default-bucket={bucket}", "--quiet"],
+      [sys.executable, "-m", "tests.gcs_emulator", "start", "--host=127.0.0.1",
+       f"--port={port}", "--in-memory", f"--default-bucket={bucket}", "--quiet"],
       cwd=pathlib.Path(__file__).parent.parent, stdout=subprocess.DEVNULL,
       stderr=subprocess.DEVNULL)
   try:

@@ -52,19 +52,20 @@ class _Runs:
     logs.mkdir(parents=True, exist_ok=True)
     self.count = 0
 
-  def start(self, *overrides, env=None) -> subprocess.Popen:
+  def start(self, *overrides) -> subprocess.Popen:
     self.count += 1
     cmd = [sys.executable, "-m", "drope_jax.train", f"--workdir={self.workdir}",
            *_args(*overrides)]
     with self._log(self.count).open("w") as log:
-      return subprocess.Popen(cmd, cwd=REPO, env=env or self.env, stdout=log,
+      return subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=log,
                               stderr=subprocess.STDOUT, text=True)
 
   def _log(self, n: int) -> pathlib.Path:
     return self.logs / f"run_{n}.log"
 
-  def output(self, n: int | None = None) -> str:
-    return self._log(n or self.count).read_text()
+  def output(self) -> str:
+    """What the latest run printed."""
+    return self._log(self.count).read_text()
 
   def run(self, *overrides, check=True) -> tuple[int, str]:
     proc = self.start(*overrides)

@@ -49,7 +49,9 @@ class Attention(nnx.Module):
       k_BSKD = self.k_norm(k_BSKD)
     q_BSHD = parallel.constrain(positional.rotate(q_BSHD, positions_BS),
                                 ("batch", "seq", "act_heads", None))
-    k_BSKD = positional.rotate(k_BSKD, positions_BS)
+    k_BSKD = parallel.constrain(positional.rotate(k_BSKD, positions_BS),
+                                ("batch", "seq", "act_kv_heads", None))
+    v_BSKD = parallel.constrain(v_BSKD, ("batch", "seq", "act_kv_heads", None))
     return q_BSHD, k_BSKD, v_BSKD
 
   def __call__(self, x_BSE, *, positions_BS, segment_ids_BS, positional: Positional):

@@ -13,7 +13,7 @@ from drope_jax import parallel
 
 def normal_param(rngs: nnx.Rngs, shape, names, *, std: float, dtype) -> nnx.Param:
   value = std * jax.random.normal(rngs.params(), shape, jnp.dtype(dtype))
-  return nnx.Param(value, out_sharding=parallel.fit_names(names, shape))
+  return nnx.Param(value, out_sharding=names)
 
 
 class RMSNorm(nnx.Module):
@@ -21,8 +21,7 @@ class RMSNorm(nnx.Module):
 
   def __init__(self, shape: tuple[int, ...], names: tuple[str, ...], *, eps: float,
                param_dtype):
-    self.scale = nnx.Param(jnp.ones(shape, jnp.dtype(param_dtype)),
-                           out_sharding=parallel.fit_names(names, shape))
+    self.scale = nnx.Param(jnp.ones(shape, jnp.dtype(param_dtype)), out_sharding=names)
     self.eps = eps
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -43,7 +42,10 @@ class Embedding(nnx.Module):
     self.dtype = jnp.dtype(dtype)
 
   def __call__(self, tokens_BS: jax.Array) -> jax.Array:
-    x_BSE = jnp.take(self.table_VE[...], tokens_BS, axis=0).astype(self.dtype)
+    # Gather from a table whole along 'embed' (FSDP's all-gather of a weight at use):
+    # XLA cannot gather rows sharded over fsdp into a batch sharded over fsdp.
+    table_VE = parallel.constrain(self.table_VE[...].astype(self.dtype), ("vocab", None))
+    x_BSE = jnp.take(table_VE, tokens_BS, axis=0)
     return parallel.constrain(x_BSE, ("batch", "seq", "act_embed"))
 
   def attend(self, x_BSE: jax.Array) -> jax.Array:
