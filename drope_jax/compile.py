@@ -54,6 +54,7 @@ class Generation:
   cores_per_chip: int  # what the -N of a slice name counts per chip.
   hbm_gib: int
 
+
 GENERATIONS = {
     "v4": Generation("v4", 3, "megacore", 2, 32),
     "v5p": Generation("v5", 3, "megacore", 2, 95),
@@ -195,8 +196,11 @@ def compile_phases(config, topology: Topology, phases=("pretrain", "recalibrate"
     except jax.errors.JaxRuntimeError as e:
       if "RESOURCE_EXHAUSTED" not in str(e):
         raise
-      yield Report(phase, positional.kind, 0, 0, 0, 0, 0, topology.hbm_bytes, 0,
-                   time.perf_counter() - start, out_of_memory=str(e).strip())
+      yield Report(phase=phase, positional=positional.kind, argument_bytes=0,
+                   output_bytes=0, alias_bytes=0, temp_bytes=0, code_bytes=0,
+                   hbm_bytes=topology.hbm_bytes, tpu_custom_calls=0,
+                   compile_seconds=time.perf_counter() - start,
+                   out_of_memory=str(e).strip())
       continue
     seconds = time.perf_counter() - start
     memory = compiled.memory_analysis()
