@@ -33,14 +33,18 @@ def get_config(variant: str = "drope"):
   config.model.remat = "full"
 
   # Placeholders: the run cannot start until these name your prepared shard directories
-  # and the Qwen2 tokenizer they were prepared with.
+  # and the Qwen2 tokenizer they were prepared with. ArrayRecord shards are read from a
+  # local path: copy them to the TPU VM's disk or mount the bucket with gcsfuse.
   config.data.source = "shards"
-  config.data.paths = "gs://YOUR_BUCKET/PATH/TO/qwen2-tokenized-shards"
+  config.data.paths = "/mnt/gcs/YOUR_BUCKET/qwen2-tokenized-shards"
   config.data.tokenizer = "hf:gs://YOUR_BUCKET/PATH/TO/qwen2/tokenizer.json"
 
   config.train.steps = 16_000
   config.train.batch_size = 1024
   config.train.seq_len = 1024
+  # 1M tokens per step with a 151,936-token vocab: the logits alone would take ~159 GB
+  # per v5p-8 chip; four micro-batches fit (63.7 GiB/chip, `python -m drope_jax.compile`).
+  config.train.grad_accum = 4
   config.train.lr = 3e-4
   config.train.warmup_steps = 520
   config.train.schedule = "cosine"

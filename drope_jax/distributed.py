@@ -8,8 +8,8 @@
 No process may wait forever for a dead peer. A process that crashes exits at once
 instead of waiting at the shutdown barrier, so its peers see it gone (a closed
 connection, or no heartbeat for DROPE_HEARTBEAT_TIMEOUT seconds) and abort too. An error
-every process raises alike (a bad config) exits through the normal shutdown, which waits
-at most DROPE_SHUTDOWN_TIMEOUT seconds for the others.
+the CLI reports (a bad config, a missing file, a non-finite loss) exits with status 2,
+also without the barrier, once the trainer has closed its checkpoints.
 """
 
 import os
@@ -50,6 +50,10 @@ def initialize() -> None:
   else:
     return
   sys.excepthook = _exit_on_crash
+
+
+def is_multiprocess() -> bool:
+  return jax.process_count() > 1
 
 
 def _exit_on_crash(exc_type, exc, tb):

@@ -4,10 +4,12 @@ Overrides: `--config.train.steps=40`, `--config.drope.drop_at_step=30`, ...
 Running the same command on the same workdir resumes from its latest checkpoint.
 """
 
+import os
 import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from drope_jax import checkpoint
@@ -25,6 +27,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every file it touches at INFO.
   distributed.initialize()
   # Imported after distributed.initialize(): jax must not touch devices before it.
   from drope_jax import trainer  # pylint: disable=g-import-not-at-top
@@ -52,6 +56,10 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def _exit_with(message: str):
   print(f"error: {message}", file=sys.stderr)
+  if distributed.is_multiprocess():
+    # sys.exit would wait in jax's shutdown barrier for peers that may never arrive.
+    sys.stderr.flush()
+    os._exit(2)
   sys.exit(2)
 
 
