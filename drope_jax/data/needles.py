@@ -18,6 +18,7 @@ import numpy as np
 
 from drope_jax.data import sources as sources_lib
 from drope_jax.data import tokenizers as tokenizers_lib
+from drope_jax.eval import niah
 
 INTRO = "Remember the special magic numbers hidden in this text.\n"
 NEEDLE = "One of the special magic numbers for {key} is: {value}.\n"
@@ -25,20 +26,6 @@ QUESTION = ("\nWhat is the special magic number for {key}? The special magic "
             "number for {key} is")
 ANSWER = " {value}."
 
-ADJECTIVES = (
-    "abundant", "ancient", "bitter", "brave", "bright", "calm", "clever",
-    "crooked", "curious", "damp", "eager", "elegant", "faint", "fierce",
-    "fragile", "gentle", "gloomy", "golden", "hollow", "humble", "icy",
-    "jolly", "lively", "lonely", "mighty", "misty", "noisy", "odd", "pale",
-    "proud", "quiet", "rapid", "rusty", "shiny", "silent", "sleepy", "smooth",
-    "stormy", "tender", "vivid", "wandering", "wicked", "wise", "young")
-NOUNS = (
-    "anchor", "badger", "beacon", "blossom", "canyon", "castle", "comet",
-    "compass", "falcon", "feather", "forest", "fountain", "glacier", "harbor",
-    "hammer", "island", "jacket", "kettle", "lantern", "meadow", "mirror",
-    "monkey", "needle", "orchard", "otter", "pebble", "pencil", "pigeon",
-    "quarry", "river", "saddle", "spider", "teapot", "thunder", "tiger",
-    "trumpet", "tunnel", "valley", "violin", "walrus", "whistle", "window")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +73,7 @@ def make_example(haystack: Haystack, tokenizer: tokenizers_lib.Tokenizer, *,
   `num_needles` distinct keys are hidden at uniformly drawn depths, each at a
   line boundary of the haystack; the question asks for one of them.
   """
-  keys = _distinct_keys(rng, num_needles)
+  keys = niah.distinct_keys(rng, num_needles)
   values = [str(v) for v in rng.integers(1_000_000, 10_000_000, num_needles)]
   asked = int(rng.integers(num_needles))
   encode = tokenizer.encode_array
@@ -123,7 +110,7 @@ def make_example(haystack: Haystack, tokenizer: tokenizers_lib.Tokenizer, *,
 
 def minimum_tokens(tokenizer: tokenizers_lib.Tokenizer, num_needles: int) -> int:
   """The shortest `num_tokens` that surely fits the needles and the question."""
-  key = max((f"{a}-{n}" for a in ADJECTIVES for n in NOUNS), key=len)
+  key = max((f"{a}-{n}" for a in niah.ADJECTIVES for n in niah.NOUNS), key=len)
   value = "9" * 7
   fixed = (INTRO + NEEDLE.format(key=key, value=value) * num_needles
            + QUESTION.format(key=key) + ANSWER.format(value=value))
@@ -196,12 +183,6 @@ def text_haystack(patterns: str, text_field: str, split: str,
         lines.extend(l for l in text.splitlines(keepends=True) if l.strip())
   return lines
 
-
-def _distinct_keys(rng: np.random.Generator, count: int) -> list[str]:
-  if count > len(ADJECTIVES) * len(NOUNS):
-    raise ValueError(f"at most {len(ADJECTIVES) * len(NOUNS)} needles.")
-  flat = rng.choice(len(ADJECTIVES) * len(NOUNS), size=count, replace=False)
-  return [f"{ADJECTIVES[i // len(NOUNS)]}-{NOUNS[i % len(NOUNS)]}" for i in flat]
 
 
 def _haystack_lines(haystack: Haystack, budget: int,

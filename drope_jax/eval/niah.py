@@ -141,13 +141,19 @@ def aggregate(examples: Sequence[NiahExample],
           for variant, length, depth in ordered]
 
 
+def distinct_keys(rng: np.random.Generator, count: int) -> list[str]:
+  """`count` different "adjective-noun" needle keys."""
+  if count > len(ADJECTIVES) * len(NOUNS):
+    raise ValueError(f"at most {len(ADJECTIVES) * len(NOUNS)} needle keys.")
+  flat = rng.choice(len(ADJECTIVES) * len(NOUNS), size=count, replace=False)
+  return [f"{ADJECTIVES[i // len(NOUNS)]}-{NOUNS[i % len(NOUNS)]}" for i in flat]
+
+
 def _needles(variant, rng):
   """Returns ([(key, value)] in placement order, asked keys, answers)."""
   count = 1 if variant == "single" else NUM_NEEDLES
   num_keys = 1 if variant in ("single", "multivalue") else count
-  key_ids = rng.choice(len(ADJECTIVES) * len(NOUNS), num_keys, replace=False)
-  keys = [f"{ADJECTIVES[i // len(NOUNS)]}-{NOUNS[i % len(NOUNS)]}"
-          for i in key_ids]
+  keys = distinct_keys(rng, num_keys)
   values = []
   while len(values) < count:
     value = str(rng.integers(1_000_000, 10_000_000))
