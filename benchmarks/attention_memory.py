@@ -3,7 +3,7 @@
 Memory is XLA's compiled figure (memory_analysis), so it is reported even for shapes
 too large to run. Timing runs only when the compiled scratch fits under --max-run-gib.
 
-  python benchmarks/attention_memory.py --lengths=4096,16384,65536
+  python -m benchmarks.attention_memory --lengths=4096,16384,65536
 """
 
 import argparse

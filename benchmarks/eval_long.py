@@ -5,7 +5,7 @@ Evaluates a run's checkpoint at `--multiple` x its training length (the tiny con
 peak resident memory (getrusage maxrss) belongs to that kernel alone. Also prints
 XLA's compiled memory figures (memory_analysis) and the perplexity, which must agree.
 
-  python benchmarks/eval_long.py --workdir=DIR [--multiple=8] [--impls=chunked,xla]
+  python -m benchmarks.eval_long --workdir=DIR [--multiple=8] [--impls=chunked,xla]
 """
 
 import argparse
