@@ -198,6 +198,35 @@ def test_gs_workdir_killed_and_its_latest_checkpoint_corrupted_still_resumes(
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
 
 
+def test_gs_store_dying_mid_save_leaves_the_previous_checkpoint_to_resume_from(
+    reference, tmp_path, monkeypatch):
+  _, reference_metrics, reference_state = reference
+  emulator = gcs_emulator.Emulator("drope-test", data_dir=tmp_path / "gcs")
+  emulator.start(die_on_write="run/checkpoints/12/")
+  try:
+    for key, value in emulator.env.items():
+      monkeypatch.setenv(key, value)
+    from etils import epath  # pylint: disable=g-import-not-at-top
+    workdir = epath.Path("gs://drope-test/run")
+    checkpoints = workdir / "checkpoints"
+    runs = _Runs(workdir, tmp_path / "logs", env=_env(**emulator.env))
+    proc = runs.start()
+    emulator.proc.wait(timeout=300)  # It dies at the first write of checkpoint 12.
+    proc.kill()
+    proc.wait()
+
+    emulator.start()
+    assert (checkpoints / "8" / "commit_success.txt").exists()
+    assert not (checkpoints / "12" / "commit_success.txt").exists()
+    _, output = runs.run()
+    assert _resumed_from(output) == 8, output[-3000:]
+    _assert_same_state(_state(checkpoints, STEPS), reference_state)
+    (tmp_path / "metrics.jsonl").write_text((workdir / "metrics.jsonl").read_text())
+    _assert_same_curve(read_metrics(tmp_path), reference_metrics)
+  finally:
+    emulator.stop()
+
+
 def _two_hosts(workdir, logs: pathlib.Path) -> list[_Runs]:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
