@@ -119,7 +119,9 @@ def resolve_methods(run: loading.Run, requested, c: float | None) -> list[Method
   if c is None and "temperature" in allowed:
     c = _saved_c(run)
   if list(requested) == ["auto"]:
-    names = [m for m in allowed if m != "temperature" or c is not None]
+    names = [m for m in allowed if m != "temperature" or c]
+    if c == 0 and "temperature" in allowed:
+      say("c = 0 (beta = 1): 'temperature' would repeat the NoPE rows; not evaluated")
   else:
     names = list(dict.fromkeys("none" if n == base.kind else n for n in requested))
     for name in names:

@@ -202,7 +202,7 @@ def _plot_perplexity(perplexity, out_dir):
   axes.yaxis.set_minor_formatter(ticker.ScalarFormatter())
   axes.set(xlabel="evaluation length (tokens)", ylabel="perplexity",
            title="Perplexity vs. context length")
-  axes.legend(fontsize=8)
+  figure.legend(fontsize=8, loc="outside right upper")
   axes.grid(True, which="both", alpha=0.3)
   return _save(figure, out_dir, "perplexity_vs_length.png")
 
@@ -225,7 +225,8 @@ def _plot_position_loss(perplexity, out_dir):
     axes.set(title=f"length {length}", xlabel="token position")
     axes.grid(True, alpha=0.3)
   figure.axes[0].set_ylabel("mean loss (nats)")
-  figure.axes[0].legend(fontsize=8)
+  figure.legend(*figure.axes[0].get_legend_handles_labels(), fontsize=8,
+                loc="outside right upper")
   return _save(figure, out_dir, "loss_by_position.png")
 
 
