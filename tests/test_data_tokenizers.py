@@ -81,7 +81,7 @@ def test_sentencepiece_round_trips_and_pickles(tmp_path):
 def test_train_tokenizer_cli_makes_a_lossless_deterministic_bpe(tmp_path):
   corpus = tmp_path / "corpus.jsonl"
   corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS * 30))
-  outputs = [tmp_path / "a.json", tmp_path / "b.json"]
+  outputs = [tmp_path / "a.json", tmp_path / "new" / "dir" / "b.json"]
   for output in outputs:
     result = subprocess.run(
         [sys.executable, "-m", "drope_jax.data.train_tokenizer",

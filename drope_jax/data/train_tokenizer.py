@@ -77,7 +77,9 @@ def main(argv):
                       text_field=f.text_field, eval_fraction=f.eval_fraction)
   except (sources.InputError, ValueError) as e:
     sys.exit(f"train_tokenizer: error: {e}")
-  epath.Path(f.output).write_text(tokenizer.to_str(pretty=True))
+  output = epath.Path(f.output)
+  output.parent.mkdir(parents=True, exist_ok=True)
+  output.write_text(tokenizer.to_str(pretty=True))
   print(f"train_tokenizer: wrote {f.output} ({tokenizer.get_vocab_size()} "
         f"tokens) in {time.monotonic() - start:.1f}s", file=sys.stderr)
 
