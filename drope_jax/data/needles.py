@@ -27,7 +27,6 @@ QUESTION = ("\nWhat is the special magic number for {key}? The special magic "
 ANSWER = " {value}."
 
 
-
 @dataclasses.dataclass(frozen=True)
 class NeedleExample:
   """One haystack with needles; the model should continue `prompt` with
@@ -182,7 +181,6 @@ def text_haystack(patterns: str, text_field: str, split: str,
       if sources_lib.in_eval_split(key, eval_fraction) == (split == "eval"):
         lines.extend(l for l in text.splitlines(keepends=True) if l.strip())
   return lines
-
 
 
 def _haystack_lines(haystack: Haystack, budget: int,
