@@ -8,6 +8,7 @@ listed. A listed checkpoint that fails to restore is skipped with a warning and 
 one before it is used; the bad one is then moved aside to `<step>.corrupt`.
 """
 
+import os
 import pathlib
 import subprocess
 import time
@@ -65,7 +66,9 @@ class Checkpointer:
 
   def __init__(self, directory: str, ckpt_config, *, keep_steps: tuple[int, ...] = (),
                read_only: bool = False):
-    self.directory = epath.Path(directory)
+    # orbax refuses relative paths; a user's `--workdir=runs/x` is relative to the cwd.
+    self.directory = epath.Path(directory if "://" in str(directory)
+                                else os.path.abspath(directory))
     options = ocp.CheckpointManagerOptions(
         preservation_policy=_preservation(ckpt_config, keep_steps),
         enable_async_checkpointing=bool(ckpt_config.async_save),

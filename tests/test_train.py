@@ -52,7 +52,8 @@ def read_metrics(workdir) -> dict[int, dict]:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("run")
-  result = train(workdir)
+  # Relative, as in the README's command: orbax itself only takes absolute paths.
+  result = train(os.path.relpath(workdir, REPO))
   return workdir, result
 
 
