@@ -54,7 +54,7 @@ def base_config(variant: str = "drope") -> ml_collections.ConfigDict:
       needle_docs=100_000,    # documents per epoch (eval: this * eval_fraction).
       needle_max_tokens=config_dict.placeholder(int),  # unset: the sequence length.
       needle_min_tokens=config_dict.placeholder(int),  # unset: half of max (or what fits).
-      needle_count=1,         # needles per document; the question asks for one.
+      needle_variants="single,multikey,multiquery,multivalue",  # RULER's, as evaluated.
   ))
 
   c.train = ml_collections.ConfigDict(dict(

@@ -34,8 +34,8 @@ import jax
 from drope_jax.data import sources
 from drope_jax.eval import heldout
 from drope_jax.eval import loading
-from drope_jax.eval import niah
 from drope_jax.eval import niah_runner
+from drope_jax.data import needles
 from drope_jax.eval import perplexity
 from drope_jax.eval import report
 from drope_jax.eval import temperature
@@ -69,7 +69,7 @@ _BATCH_TOKENS = flags.DEFINE_integer("batch_tokens", 8192, "Tokens per forward p
 _NIAH_TRIALS = flags.DEFINE_integer("niah_trials", 10, "Prompts per NIAH cell.")
 _NIAH_DEPTHS = flags.DEFINE_list(
     "niah_depths", [str(d) for d in niah_runner.DEPTHS], "Needle depths in [0, 1].")
-_NIAH_VARIANTS = flags.DEFINE_list("niah_variants", list(niah.VARIANTS),
+_NIAH_VARIANTS = flags.DEFINE_list("niah_variants", list(needles.VARIANTS),
                                    "NIAH variants.")
 _ATTENTION = flags.DEFINE_enum(
     "attention", None, ["xla", "chunked", "splash", "cudnn", "auto"],
@@ -288,7 +288,7 @@ def compare(dirs, out: str | None):
 
 def evaluate(workdir: str):
   _check_choices("evals", _EVALS.value, EVALS)
-  _check_choices("niah_variants", _NIAH_VARIANTS.value, niah.VARIANTS)
+  _check_choices("niah_variants", _NIAH_VARIANTS.value, needles.VARIANTS)
   depths = _parse_depths(_NIAH_DEPTHS.value)
   say(f"restoring {workdir} (step {_STEP.value if _STEP.value is not None else 'latest'})")
   run = loading.load_run(workdir, _STEP.value)

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from drope_jax import config as config_lib
-from drope_jax.data import needles
 from drope_jax.data import pipeline
 from drope_jax.data import prepare as prepare_lib
 from drope_jax.data import sources
@@ -221,30 +220,12 @@ def test_mixture_weights_are_met(tmp_path):
 
 
 def test_needles_mix_into_training():
-  config = data_config(source="stdlib,needles", weights="1,1",
+  config = data_config(source="stdlib,needles", weights="1,1", needle_variants="single",
                        packing="first_fit", document_mask=True)
   batches = take(pipeline.make_iterator(config, seq_len=512, batch_size=2,
                                         seed=0), 4)
   text = "".join(BYTE.decode(row) for b in batches for row in b["inputs"])
-  assert "The special magic number for" in text
-
-
-def test_needle_examples_are_exact_seeded_and_answerable():
-  haystack = needles.Haystack(needles.stdlib_haystack("eval", 0.05), BYTE)
-  make = lambda seed: needles.make_example(
-      haystack, BYTE, num_tokens=700, rng=np.random.default_rng(seed),
-      num_needles=3)
-  example = make(4)
-  assert len(example.tokens) == 700
-  assert BYTE.decode(example.answer) == f" {example.value}."
-  assert BYTE.decode(example.prompt).endswith(
-      f"The special magic number for {example.key} is")
-  needle_texts = [BYTE.decode(example.prompt[p:p + 80])
-                  for p in example.needle_positions]
-  assert any(t.startswith(f"One of the special magic numbers for {example.key} "
-                          f"is: {example.value}.") for t in needle_texts)
-  np.testing.assert_array_equal(make(4).tokens, example.tokens)
-  assert not np.array_equal(make(5).tokens, example.tokens)
+  assert "What are all the special magic numbers for" in text
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -15,7 +15,7 @@ import numpy as np
 from drope_jax import optim
 from drope_jax import train_step
 from drope_jax.eval import generate
-from drope_jax.eval import niah
+from drope_jax.data import needles
 from drope_jax.eval import niah_runner
 from drope_jax.model.positional import Positional
 from tests import helpers
@@ -71,7 +71,7 @@ def test_a_trained_copying_model_retrieves_needles_far_above_chance():
       built.graphdef, state.params, list(prompts), positional=ROPE,
       sampling=generate.Sampling(max_new_tokens=8), eos_id=EOS, pad_id=PAD,
       batch_size=16, vocab_limit=len(CHARS), width=SEQ, prefill_chunk=64)
-  scores = [niah.score(decode(c), [v]) for c, v in zip(completions, values)]
+  scores = [needles.score(decode(c), [v]) for c, v in zip(completions, values)]
   assert np.mean(scores) >= 0.75, [decode(c) for c in completions]
 
 
@@ -79,6 +79,6 @@ def test_answer_budget_covers_every_asked_number():
   class Bytes:
     def encode(self, text):
       return list(text.encode())
-  assert niah_runner.answer_tokens(Bytes(), ["single"]) >= len(" 1234567.")
-  assert niah_runner.answer_tokens(Bytes(), ["single", "multivalue"]) >= len(
+  assert needles.answer_budget(Bytes(), ["single"]) >= len(" 1234567.")
+  assert needles.answer_budget(Bytes(), ["single", "multivalue"]) >= len(
       " 1234567, 2345678, 3456789 and 4567890.")

@@ -5,7 +5,9 @@ import re
 import numpy as np
 import pytest
 
-from drope_jax.eval import niah
+from drope_jax.data import needles as niah
+from drope_jax.data import tokenizers
+from drope_jax.eval import niah_runner
 
 NEEDLE = re.compile(r"One of the special magic numbers for ([a-z]+-[a-z]+) is: (\d{7})\.")
 
@@ -30,7 +32,7 @@ def count_words(text):
 
 def make(variant="single", depth=0.5, target=4000, seed=0, count=count_bytes, haystack=None):
   return niah.make_example(
-      prose() if haystack is None else haystack, variant=variant,
+      niah.Haystack(prose() if haystack is None else haystack), variant=variant,
       target_tokens=target, depth=depth, rng=np.random.default_rng(seed),
       count_tokens=count)
 
@@ -124,7 +126,7 @@ def test_aggregate_groups_by_variant_length_depth():
               for v in ("single", "multivalue") for d in (0.0, 1.0) for s in (0, 1)]
   generations = [" ".join(e.answers) if e.depth == 0.0 else e.answers[0]
                  for e in examples]
-  results = niah.aggregate(examples, generations)
+  results = niah_runner.aggregate(examples, generations)
   rates = {(r["variant"], r["depth"]): r["success_rate"] for r in results}
   assert rates == {("single", 0.0): 1.0, ("single", 1.0): 1.0,
                    ("multivalue", 0.0): 1.0, ("multivalue", 1.0): 0.25}
@@ -135,8 +137,42 @@ def test_aggregate_groups_by_variant_length_depth():
     (dict(variant="haystack"), "unknown NIAH variant"),
     (dict(depth=1.5), r"within \[0, 1\]"),
     (dict(target=20), "too small"),
-    (dict(haystack="  "), "empty"),
+    (dict(haystack="  "), "no text"),
 ])
 def test_bad_arguments_raise(kwargs, match):
   with pytest.raises(ValueError, match=match):
     make(**kwargs)
+
+
+@pytest.mark.parametrize("variant", niah.VARIANTS)
+def test_training_documents_are_the_evaluated_task_with_its_answer(variant):
+  """A training document is an evaluation prompt followed by its answer, tokenized
+  apart as evaluation does, within the document length it was given."""
+  byte = tokenizers.ByteTokenizer()
+  source = niah.NeedleSource(niah.Haystack(prose()), byte, size=50, min_tokens=None,
+                             max_tokens=1200, variants=[variant], seed=0)
+  for index in range(5):
+    example = source.example(index)
+    document = source[index]
+    assert len(document) <= 1200
+    prompt_tokens = byte.encode(example.prompt)
+    assert list(document[:len(prompt_tokens)]) == prompt_tokens
+    answer = byte.decode(document[len(prompt_tokens):])
+    assert answer == example.answer_text
+    assert niah.score(answer, example.answers) == 1.0
+    assert example.prompt.startswith(niah.PREAMBLE)
+    assert example.prompt.endswith(niah.QUESTION.format(keys="X").rsplit("X", 1)[1])
+  np.testing.assert_array_equal(source[3], source[3])
+  assert not np.array_equal(source[3], source[4])
+
+
+@pytest.mark.parametrize("variant", niah.VARIANTS)
+def test_minimum_tokens_fits_every_variant(variant):
+  byte = tokenizers.ByteTokenizer()
+  floor = niah.minimum_tokens(byte, variant)
+  source = niah.NeedleSource(niah.Haystack(prose()), byte, size=20, min_tokens=floor,
+                             max_tokens=floor, variants=[variant], seed=1)
+  assert all(len(source[i]) <= floor for i in range(20))
+  with pytest.raises(ValueError, match="need at least"):
+    niah.NeedleSource(niah.Haystack(prose()), byte, size=1, min_tokens=None,
+                      max_tokens=floor - 1, variants=[variant], seed=1)

@@ -170,7 +170,7 @@ def _source(name: str, data_config, tokenizer, *, seq_len: int, split: str):
       size=size if split == "train" else max(1, round(size * data_config.eval_fraction)),
       min_tokens=data_config.needle_min_tokens,
       max_tokens=data_config.needle_max_tokens or seq_len,
-      num_needles=data_config.needle_count,
+      variants=[v.strip() for v in data_config.needle_variants.split(",")],
       seed=sources_lib.SPLITS.index(split))
 
 

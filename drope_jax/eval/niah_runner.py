@@ -1,11 +1,12 @@
 """Runs the needle-in-a-haystack grid on a model: variants x lengths x depths x trials.
 
-Every prompt is built by drope_jax.eval.niah from held-out prose, starts with EOS (as
+Every prompt is built by drope_jax.data.needles (the task training documents use) from held-out prose, starts with EOS (as
 a document does in training) and leaves room for the answer inside the evaluated
 length; answers are decoded greedily with the KV cache and scored by exact match.
 Trials are seeded per cell, so a rerun (or another model) sees the same prompts.
 """
 
+import collections
 import time
 from collections.abc import Callable, Sequence
 
@@ -13,19 +14,13 @@ import numpy as np
 
 from drope_jax.data import tokenizers
 from drope_jax.eval import generate
-from drope_jax.eval import niah
+from drope_jax.data import needles
 from drope_jax.model.positional import Positional
 
 DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def answer_tokens(tokenizer: tokenizers.Tokenizer, variants: Sequence[str]) -> int:
-  """Tokens to generate: enough for every asked number, separated, plus a little."""
-  asked = max(1 if v in ("single", "multikey") else niah.NUM_NEEDLES for v in variants)
-  return asked * (len(tokenizer.encode(" 1234567,")) + 1) + 4
-
-
-def make_prompts(tokenizer, haystack: str, *, length: int, variants: Sequence[str],
+def make_prompts(tokenizer, haystack: needles.Haystack, *, length: int, variants: Sequence[str],
                  depths: Sequence[float], trials: int, seed: int, answer_budget: int,
                  progress: Callable[[str], None] = print):
   """(examples, token prompts) of one length; each prompt + answer fits `length`.
@@ -39,7 +34,7 @@ def make_prompts(tokenizer, haystack: str, *, length: int, variants: Sequence[st
       for d, depth in enumerate(depths):
         for trial in range(trials):
           rng = np.random.default_rng([seed, v, length, d, trial])
-          example = niah.make_example(
+          example = needles.make_example(
               haystack, variant=variant, target_tokens=length - 1 - answer_budget,
               depth=depth, rng=rng, count_tokens=count)
           examples.append(example)
@@ -58,7 +53,8 @@ def run(graphdef, params, *, tokenizer: tokenizers.Tokenizer, haystack: str,
         rows_for: Callable[[int], int], seed: int = 0, vocab_limit: int | None = None,
         progress: Callable[[str], None] = print) -> list[dict]:
   """Success rates as niah.aggregate gives them, for every (variant, length, depth)."""
-  budget = answer_tokens(tokenizer, variants)
+  budget = needles.answer_budget(tokenizer, variants)
+  haystack = needles.Haystack(haystack)
   sampling = generate.Sampling(max_new_tokens=budget)
   results = []
   for length in lengths:
@@ -74,9 +70,23 @@ def run(graphdef, params, *, tokenizer: tokenizers.Tokenizer, haystack: str,
         vocab_limit=vocab_limit, seed=seed, width=length - budget)
     generations = [tokenizer.decode(c) for c in completions]
     # aggregate keys cells by the prompt budget; report the context length instead.
-    cells = [dict(cell, length=length) for cell in niah.aggregate(examples, generations)]
+    cells = [dict(cell, length=length) for cell in aggregate(examples, generations)]
     results.extend(cells)
     mean = np.mean([cell["success_rate"] for cell in cells])
     progress(f"  niah length {length}: {len(examples)} prompts, mean success "
              f"{100 * mean:.1f}% ({time.perf_counter() - started:.0f}s)")
   return results
+
+
+def aggregate(examples: Sequence[needles.NiahExample],
+              generations: Sequence[str]) -> list[dict]:
+  """Mean score per (variant, length, depth), as eval/niah.json "results"."""
+  scores = collections.defaultdict(list)
+  for example, generated in zip(examples, generations, strict=True):
+    key = (example.variant, example.target_tokens, example.depth)
+    scores[key].append(needles.score(generated, example.answers))
+  ordered = sorted(scores, key=lambda k: (needles.VARIANTS.index(k[0]), k[1], k[2]))
+  return [dict(variant=variant, length=length, depth=depth,
+               success_rate=float(np.mean(scores[variant, length, depth])),
+               trials=len(scores[variant, length, depth]))
+          for variant, length, depth in ordered]
