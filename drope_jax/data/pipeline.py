@@ -115,7 +115,7 @@ def make_iterator(data_config: ml_collections.ConfigDict, *, seq_len: int,
 
 def describe(data_config: ml_collections.ConfigDict) -> str:
   """One line for logs: what is read and how it is packed."""
-  names = _component_names(data_config)
+  names = component_names(data_config)
   weights = _weights(data_config, len(names))
   mixture = ", ".join(f"{n} ({w:.0%})" for n, w in zip(names, weights))
   return (f"data: {mixture}; tokenizer {data_config.tokenizer}; packing "
@@ -126,7 +126,7 @@ def describe(data_config: ml_collections.ConfigDict) -> str:
 # --------------------------------------------------------------- documents ---
 
 
-def _component_names(data_config) -> list[str]:
+def component_names(data_config) -> list[str]:
   names = []
   for source in (s.strip() for s in data_config.source.split(",")):
     if source not in SOURCES:
@@ -149,7 +149,7 @@ def _weights(data_config, count: int) -> list[float]:
   if len(weights) != count or min(weights) < 0 or sum(weights) <= 0:
     raise ValueError(
         f"data.weights={data_config.weights!r} must be {count} non-negative "
-        f"numbers, one per mixture component ({', '.join(_component_names(data_config))}).")
+        f"numbers, one per mixture component ({', '.join(component_names(data_config))}).")
   return [w / sum(weights) for w in weights]
 
 
@@ -177,7 +177,7 @@ def _source(name: str, data_config, tokenizer, *, seq_len: int, split: str):
 def _documents(data_config, tokenizer, *, seq_len: int, seed: int, split: str,
                num_epochs: int | None) -> grain.MapDataset:
   """Token documents ending in EOS, in training order, as one stream."""
-  names = _component_names(data_config)
+  names = component_names(data_config)
   weights = _weights(data_config, len(names))
   components = []
   for index, name in enumerate(names):

@@ -74,6 +74,7 @@ def _eval_split_rows(config) -> Iterator[np.ndarray]:
   """The eval split as consecutive pieces of one contiguous token stream."""
   data_config = config.data.copy_and_resolve_references()
   with data_config.unlocked():
+    data_config.source, data_config.weights = _prose_components(data_config)
     data_config.packing = "concat"
     data_config.document_mask = False
     data_config.num_workers = 0
@@ -88,6 +89,19 @@ def _eval_split_rows(config) -> Iterator[np.ndarray]:
     yield piece
     if not real.all():
       return
+
+
+def _prose_components(data_config) -> tuple[str, str | None]:
+  """The mixture without its synthetic `needles` component: held-out text is prose."""
+  names = pipeline.component_names(data_config)
+  weights = (data_config.weights.split(",") if data_config.weights
+             else ["1"] * len(names))
+  kept = [w for name, w in zip(names, weights) if name != "needles"]
+  if not kept:
+    raise sources.InputError(
+        "the run trained on needle documents only: give held-out prose with --eval_data")
+  source = ",".join(s for s in data_config.source.split(",") if s.strip() != "needles")
+  return source, ",".join(kept)
 
 
 def _texts(patterns, text_field, tokenizer, num_tokens) -> Iterator[str]:

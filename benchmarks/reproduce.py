@@ -1,0 +1,253 @@
+"""The paper's from-scratch grid, end to end, through the public CLIs.
+
+    python -m benchmarks.reproduce --scale=cpu --out=DIR
+
+1. A BPE tokenizer trained on the corpus (`drope_jax.data.train_tokenizer`) and
+   ArrayRecord shards with a held-out split (`drope_jax.data.prepare`).
+2. Four runs with the same seed, data order and budget (`drope_jax.train`):
+     DIR/rope        RoPE throughout
+     DIR/nope        NoPE throughout
+     DIR/drope       RoPE, dropped at 87.5% of the steps (the paper's 14K of 16K)
+     DIR/drope_half  RoPE, dropped at 50% (the paper's 8K of 16K)
+   A DroPE run is the RoPE run up to its drop step (same seed, data, schedule), so
+   it branches from the RoPE run's checkpoint there instead of training that part
+   again: the checkpoint and the metrics up to it are copied, and `train` resumes
+   from it as from its own. Each workdir is an ordinary run.
+3. Evaluation of every run (`drope_jax.evaluate`): perplexity and NIAH at
+   1x, 2x, 4x the training length on held-out text, PI / NTK / YaRN / dynamic
+   NTK for RoPE, the fitted softmax temperature for NoPE and DroPE; the
+   analyses (attention around the needle, attention non-uniformity gradient).
+4. DIR/report.md with our numbers beside the paper's, and the plots.
+
+Every stage is skipped when its output exists, so a crashed or killed grid picks up
+where it stopped (and a killed run resumes from its last checkpoint).
+"""
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+from benchmarks import reproduce_report
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+  config: str
+  vocab: int             # of the BPE tokenizer trained on the corpus.
+  niah_trials: int       # per (variant, length, depth) cell.
+  overrides: tuple = ()  # what the config does not set itself.
+
+
+SCALES = {
+    "cpu": Scale("configs/reproduce_cpu.py", 4096, 4),
+    "gpu": Scale("configs/reproduce_gpu.py", 16384, 20),
+    # The paper's 0.5B model and schedule, on our corpus and tokenizer.
+    "tpu": Scale("configs/ablation_500m.py", 32768, 50, (
+        "--config.model.vocab_size=32768", "--config.data.source=shards,needles",
+        "--config.data.weights=1,10")),
+}
+LENGTHS = "1,2,4"
+DEFAULT_CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "corpus",
+                              "*.jsonl.gz")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  name: str
+  variant: str                   # the config variant: rope | nope | drope.
+  drop_fraction: float | None    # share of the steps trained with RoPE (drope only).
+
+
+RUNS = (Run("rope", "rope", None), Run("nope", "nope", None),
+        Run("drope", "drope", 0.875), Run("drope_half", "drope", 0.5))
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--scale", choices=sorted(SCALES), default="cpu")
+  parser.add_argument("--out", required=True, help="Directory of the grid.")
+  parser.add_argument("--corpus", default=os.path.normpath(DEFAULT_CORPUS),
+                      help="Training text: globs of .txt/.jsonl(.gz)/.parquet.")
+  parser.add_argument("--steps", type=int, default=None,
+                      help="Override the scale's train.steps (drop points follow).")
+  parser.add_argument("--niah_trials", type=int, default=None)
+  parser.add_argument("--seed", type=int, default=0, help="NIAH prompt seed.")
+  parser.add_argument("overrides", nargs="*",
+                      help="Extra --config.x=y flags for every run (after --).")
+  args = parser.parse_args()
+  scale = SCALES[args.scale]
+  trials = args.niah_trials or scale.niah_trials
+  out = os.path.abspath(args.out)
+  os.makedirs(out, exist_ok=True)
+  grid = Grid(out, scale.config, args.corpus, scale.vocab, args.steps,
+              [*scale.overrides, *args.overrides])
+
+  grid.prepare_data()
+  for index, run in enumerate(RUNS):
+    grid.train(run, index)
+  for index, run in enumerate(RUNS):
+    grid.evaluate(run, index, trials=trials, seed=args.seed)
+  grid.compare()
+  path = reproduce_report.write(out, [r.name for r in RUNS], steps=grid.steps,
+                                drop_steps=grid.drop_steps(), scale=args.scale)
+  print(f"[grid] wrote {path}", flush=True)
+
+
+class Grid:
+
+  def __init__(self, out, config_file, corpus, vocab, steps, overrides):
+    self.out = out
+    self.config_file = config_file
+    self.corpus = corpus
+    self.vocab = vocab
+    self.overrides = list(overrides)
+    self.steps = steps or _config_value(config_file, "train.steps")
+    self.started = time.time()
+    self.seconds_per_step = None  # measured on the first run trained here.
+
+  # --- data ------------------------------------------------------------------------
+
+  @property
+  def tokenizer(self):
+    return os.path.join(self.out, "tokenizer", "tokenizer.json")
+
+  @property
+  def data(self):
+    return os.path.join(self.out, "data")
+
+  def prepare_data(self):
+    if not os.path.exists(self.tokenizer):
+      _run("train_tokenizer", [
+          "-m", "drope_jax.data.train_tokenizer", f"--input={self.corpus}",
+          f"--output={self.tokenizer}", f"--vocab_size={self.vocab}"])
+    # `prepare` finishes an interrupted preparation and skips finished shards.
+    if not os.path.exists(os.path.join(self.data, "manifest.json")):
+      _run("prepare", ["-m", "drope_jax.data.prepare", f"--input={self.corpus}",
+                       f"--output={self.data}", f"--tokenizer=hf:{self.tokenizer}"])
+
+  # --- training --------------------------------------------------------------------
+
+  def drop_steps(self) -> dict:
+    return {r.name: round(r.drop_fraction * self.steps) for r in RUNS if r.drop_fraction}
+
+  def flags(self, run: Run) -> list[str]:
+    flags = [f"--config={self.config_file}:{run.variant}",
+             f"--workdir={os.path.join(self.out, run.name)}",
+             f"--config.train.steps={self.steps}",
+             f"--config.data.paths={self.data}",
+             f"--config.data.tokenizer=hf:{self.tokenizer}",
+             f"--config.data.needle_haystack={self.corpus}"]
+    if run.drop_fraction:
+      flags.append(f"--config.drope.drop_at_step={self.drop_steps()[run.name]}")
+      # The RoPE run keeps the checkpoints the DroPE runs branch from.
+    flags.append(f"--config.checkpoint.keep_period={self._keep_period()}")
+    return flags + self.overrides
+
+  def _keep_period(self) -> int:
+    """A period that lands on every drop step."""
+    return math.gcd(*self.drop_steps().values(), self.steps)
+
+  def finished(self, run: Run) -> bool:
+    return os.path.isdir(os.path.join(self.out, run.name, "checkpoints", str(self.steps)))
+
+  def train(self, run: Run, index: int):
+    workdir = os.path.join(self.out, run.name)
+    if self.finished(run):
+      self._progress(index, f"{run.name}: trained")
+      return
+    steps_to_train = self.steps
+    if run.drop_fraction:
+      drop = self.drop_steps()[run.name]
+      self._branch_from_rope(workdir, drop)
+      steps_to_train -= drop
+    self._progress(index, f"{run.name}: training {steps_to_train} steps")
+    started = time.time()
+    _run(f"train {run.name}", ["-m", "drope_jax.train", *self.flags(run)])
+    if self.seconds_per_step is None:
+      self.seconds_per_step = (time.time() - started) / steps_to_train
+
+  def _branch_from_rope(self, workdir: str, drop: int):
+    """Starts a DroPE workdir from the RoPE run's checkpoint at its drop step."""
+    checkpoints = os.path.join(workdir, "checkpoints")
+    if os.path.isdir(checkpoints) and os.listdir(checkpoints):
+      return  # branched before (and perhaps trained since): `train` resumes.
+    source = os.path.join(self.out, "rope", "checkpoints", str(drop))
+    if not os.path.isdir(source):
+      raise SystemExit(f"[grid] {source} is missing: the RoPE run must keep its "
+                       f"checkpoint at step {drop} (checkpoint.keep_period)")
+    os.makedirs(checkpoints)
+    shutil.copytree(source, os.path.join(checkpoints + ".tmp", str(drop)))
+    with open(os.path.join(self.out, "rope", "metrics.jsonl")) as f:
+      lines = [l for l in f if json.loads(l)["step"] < drop]
+    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+      f.writelines(lines)
+    os.rename(os.path.join(checkpoints + ".tmp", str(drop)),
+              os.path.join(checkpoints, str(drop)))
+    os.rmdir(checkpoints + ".tmp")
+    print(f"[grid] {os.path.basename(workdir)}: branched from rope at step {drop}",
+          flush=True)
+
+  # --- evaluation ------------------------------------------------------------------
+
+  def evaluate(self, run: Run, index: int, *, trials: int, seed: int):
+    workdir = os.path.join(self.out, run.name)
+    done = os.path.join(workdir, "eval", "reproduce.done")
+    if os.path.exists(done):
+      self._progress(index, f"{run.name}: evaluated")
+      return
+    self._progress(index, f"{run.name}: evaluating")
+    evaluate = ["-m", "drope_jax.evaluate", f"--workdir={workdir}"]
+    if run.variant != "rope":  # a NoPE checkpoint: fit c of the softmax temperature.
+      _run(f"fit temperature {run.name}", [*evaluate, "--fit_temperature", "--length=4"])
+    _run(f"evaluate {run.name}", [
+        *evaluate, f"--lengths={LENGTHS}", "--evals=perplexity,niah",
+        f"--niah_trials={trials}", f"--seed={seed}"])
+    with open(done, "w") as f:
+      f.write("ok\n")
+
+  def compare(self):
+    _run("compare", ["-m", "drope_jax.evaluate", "--compare",
+                     *[os.path.join(self.out, r.name) for r in RUNS],
+                     f"--out={os.path.join(self.out, 'compare')}"])
+
+  def _steps_left(self) -> int:
+    drops = self.drop_steps()
+    return sum(self.steps - drops.get(r.name, 0) for r in RUNS if not self.finished(r))
+
+  def _progress(self, index: int, what: str):
+    elapsed = time.time() - self.started
+    eta = ""
+    if self.seconds_per_step:
+      eta = f", training left ~{self._steps_left() * self.seconds_per_step / 60:.0f} min"
+    print(f"[grid] run {index + 1} of {len(RUNS)}: {what} "
+          f"(elapsed {elapsed / 60:.0f} min{eta})", flush=True)
+
+
+def _run(name: str, args: list[str]):
+  started = time.time()
+  print(f"[grid] {name}: python {' '.join(args)}", flush=True)
+  result = subprocess.run([sys.executable, *args])
+  if result.returncode:
+    raise SystemExit(f"[grid] {name} failed (exit {result.returncode}); rerun the same "
+                     "command to resume")
+  print(f"[grid] {name}: done in {(time.time() - started) / 60:.1f} min", flush=True)
+
+
+def _config_value(config_file: str, dotted: str):
+  spec = importlib.util.spec_from_file_location("grid_config", config_file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  value = module.get_config("rope")
+  for part in dotted.split("."):
+    value = value[part]
+  return value
+
+
+if __name__ == "__main__":
+  main()
