@@ -164,34 +164,13 @@ class Grid:
     steps_to_train = self.steps
     if run.drop_fraction:
       drop = self.drop_steps()[run.name]
-      self._branch_from_rope(workdir, drop)
+      branch(os.path.join(self.out, "rope"), workdir, drop)
       steps_to_train -= drop
     self._progress(index, f"{run.name}: training {steps_to_train} steps")
     started = time.time()
     _run(f"train {run.name}", ["-m", "drope_jax.train", *self.flags(run)])
     if self.seconds_per_step is None:
       self.seconds_per_step = (time.time() - started) / steps_to_train
-
-  def _branch_from_rope(self, workdir: str, drop: int):
-    """Starts a DroPE workdir from the RoPE run's checkpoint at its drop step."""
-    checkpoints = os.path.join(workdir, "checkpoints")
-    if os.path.isdir(checkpoints) and os.listdir(checkpoints):
-      return  # branched before (and perhaps trained since): `train` resumes.
-    source = os.path.join(self.out, "rope", "checkpoints", str(drop))
-    if not os.path.isdir(source):
-      raise SystemExit(f"[grid] {source} is missing: the RoPE run must keep its "
-                       f"checkpoint at step {drop} (checkpoint.keep_period)")
-    os.makedirs(checkpoints)
-    shutil.copytree(source, os.path.join(checkpoints + ".tmp", str(drop)))
-    with open(os.path.join(self.out, "rope", "metrics.jsonl")) as f:
-      lines = [l for l in f if json.loads(l)["step"] < drop]
-    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
-      f.writelines(lines)
-    os.rename(os.path.join(checkpoints + ".tmp", str(drop)),
-              os.path.join(checkpoints, str(drop)))
-    os.rmdir(checkpoints + ".tmp")
-    print(f"[grid] {os.path.basename(workdir)}: branched from rope at step {drop}",
-          flush=True)
 
   # --- evaluation ------------------------------------------------------------------
 
@@ -227,6 +206,36 @@ class Grid:
       eta = f", training left ~{self._steps_left() * self.seconds_per_step / 60:.0f} min"
     print(f"[grid] run {index + 1} of {len(RUNS)}: {what} "
           f"(elapsed {elapsed / 60:.0f} min{eta})", flush=True)
+
+
+def branch(source: str, workdir: str, step: int):
+  """Starts `workdir` from the run in `source` at checkpoint `step`: the checkpoint and
+  the metrics before it are copied, so that `train` on `workdir` resumes from there.
+
+  The caller vouches that both runs are identical up to `step` (same config up to the
+  positional switch, seed and data): a DroPE run and the RoPE run before its drop.
+  """
+  checkpoints = os.path.join(workdir, "checkpoints")
+  if os.path.isdir(checkpoints) and os.listdir(checkpoints):
+    return  # branched before (and perhaps trained since): `train` resumes.
+  os.makedirs(workdir, exist_ok=True)
+  checkpoint = os.path.join(source, "checkpoints", str(step))
+  if not os.path.isdir(checkpoint):
+    raise SystemExit(f"[grid] {checkpoint} is missing: {source} must keep its "
+                     f"checkpoint at step {step} (checkpoint.keep_period)")
+  # Copied beside, then renamed: a copy cut short is never mistaken for a checkpoint.
+  staging = checkpoints + ".staging"
+  shutil.rmtree(staging, ignore_errors=True)
+  shutil.copytree(checkpoint, os.path.join(staging, str(step)))
+  with open(os.path.join(source, "metrics.jsonl")) as f:
+    lines = [line for line in f if json.loads(line)["step"] < step]
+  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+    f.writelines(lines)
+  os.makedirs(checkpoints, exist_ok=True)
+  os.rename(os.path.join(staging, str(step)), os.path.join(checkpoints, str(step)))
+  os.rmdir(staging)
+  print(f"[grid] {os.path.basename(workdir)}: branched from {source} at step {step}",
+        flush=True)
 
 
 def _run(name: str, args: list[str]):

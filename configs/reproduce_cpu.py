@@ -24,6 +24,9 @@ def get_config(variant: str = "drope"):
   config.model.rope_theta = 10_000.0
 
   config.data.source = "shards,needles"
+  # Documents whole in a row: with concat packing most needle documents (about the
+  # row's length) would be cut, their question landing in a row without the needle.
+  config.data.packing = "first_fit"
   config.data.tokenizer = "hf:tokenizer/tokenizer.json"
   config.data.weights = "1,10"  # documents: ~27% of tokens are needle documents.
   config.data.needle_variants = "single,multikey,multivalue"  # multiquery needs > 256.

@@ -25,6 +25,9 @@ def get_config(variant: str = "drope"):
   config.model.dtype = "bfloat16"
 
   config.data.source = "shards,needles"
+  # Documents whole in a row: with concat packing most needle documents (about the
+  # row's length) would be cut, their question landing in a row without the needle.
+  config.data.packing = "first_fit"
   config.data.tokenizer = "hf:tokenizer/tokenizer.json"
   config.data.weights = "1,10"
   config.data.needle_variants = "single,multikey,multiquery,multivalue"

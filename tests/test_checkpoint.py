@@ -22,6 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from benchmarks import reproduce
 from tests import gcs_emulator
 from tests.test_train import SMALL, read_metrics
 
@@ -166,6 +167,20 @@ def test_killed_three_times_even_mid_save_then_resumed_equals_the_uninterrupted_
   _assert_same_state(_state(checkpoints, STEPS), reference_state)
   _assert_same_curve(read_metrics(tmp_path / "killed"), reference_metrics)
   assert (checkpoints / str(DROP)).is_dir()  # the drop point is kept.
+
+
+def test_drope_run_branched_from_the_rope_run_at_its_drop_equals_the_uninterrupted_run(
+    reference, tmp_path):
+  """benchmarks/reproduce.py trains a DroPE run's RoPE part once, in the RoPE run."""
+  _, reference_metrics, reference_state = reference
+  rope = tmp_path / "rope"
+  _Runs(rope, tmp_path / "rope_logs").run("--config=configs/tiny.py:rope",
+                                          f"--config.checkpoint.keep_period={DROP}")
+  reproduce.branch(str(rope), str(tmp_path / "drope"), DROP)
+  _, output = _Runs(tmp_path / "drope", tmp_path / "logs").run()
+  assert _resumed_from(output) == DROP, output[-2000:]
+  _assert_same_state(_state(tmp_path / "drope" / "checkpoints", STEPS), reference_state)
+  _assert_same_curve(read_metrics(tmp_path / "drope"), reference_metrics)
 
 
 def test_gs_workdir_killed_and_its_latest_checkpoint_corrupted_still_resumes(
