@@ -17,7 +17,11 @@
    1x, 2x, 4x the training length on held-out text, PI / NTK / YaRN / dynamic
    NTK for RoPE, the fitted softmax temperature for NoPE and DroPE; the
    analyses (attention around the needle, attention non-uniformity gradient).
-4. DIR/report.md with our numbers beside the paper's, and the plots.
+4. Controlled runs (DIR/controls/*): DroPE at 87.5% with one change each (a longer
+   recalibration, its learning rate, its optimizer state), perplexity-evaluated, to
+   explain where DroPE lands.
+5. DIR/report.md with our numbers beside the paper's, and the plots.
+`--stages` runs a subset (train, evaluate, controls, report).
 
 Every stage is skipped when its output exists, so a crashed or killed grid picks up
 where it stopped (and a killed run resumes from its last checkpoint).
@@ -59,13 +63,25 @@ DEFAULT_CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-  name: str
+  name: str                      # its workdir under the grid's directory.
   variant: str                   # the config variant: rope | nope | drope.
   drop_fraction: float | None    # share of the steps trained with RoPE (drope only).
+  change: str = ""               # controls: what differs from DroPE at 87.5%.
+  overrides: tuple = ()          # controls: its config flags ({lr}: train.lr).
 
 
 RUNS = (Run("rope", "rope", None), Run("nope", "nope", None),
         Run("drope", "drope", 0.875), Run("drope_half", "drope", 0.5))
+# One change each from DroPE at 87.5%, to explain its in-context result: the
+# recalibration's length, learning rate and optimizer state.
+CONTROLS = (
+    Run("controls/drop_at_75", "drope", 0.75, "drop at 75%: twice the recalibration"),
+    Run("controls/recal_lr_peak", "drope", 0.875, "recalibration lr = pretraining peak",
+        ("--config.drope.lr={lr}",)),
+    Run("controls/keep_adam", "drope", 0.875, "AdamW moments kept at the drop",
+        ("--config.drope.reset_optimizer=False",)),
+)
+STAGES = ("train", "evaluate", "controls", "report")
 
 
 def main():
@@ -78,6 +94,8 @@ def main():
                       help="Override the scale's train.steps (drop points follow).")
   parser.add_argument("--niah_trials", type=int, default=None)
   parser.add_argument("--seed", type=int, default=0, help="NIAH prompt seed.")
+  parser.add_argument("--stages", default=",".join(STAGES),
+                      help=f"Comma-separated subset of {','.join(STAGES)}.")
   parser.add_argument("overrides", nargs="*",
                       help="Extra --config.x=y flags for every run (after --).")
   args = parser.parse_args()
@@ -88,15 +106,24 @@ def main():
   grid = Grid(out, scale.config, args.corpus, scale.vocab, args.steps,
               [*scale.overrides, *args.overrides])
 
-  grid.prepare_data()
-  for index, run in enumerate(RUNS):
-    grid.train(run, index)
-  for index, run in enumerate(RUNS):
-    grid.evaluate(run, index, trials=trials, seed=args.seed)
-  grid.compare()
-  path = reproduce_report.write(out, [r.name for r in RUNS], steps=grid.steps,
-                                drop_steps=grid.drop_steps(), scale=args.scale)
-  print(f"[grid] wrote {path}", flush=True)
+  stages = args.stages.split(",")
+  if "train" in stages:
+    grid.prepare_data()
+    for index, run in enumerate(RUNS):
+      grid.train(run, index)
+  if "evaluate" in stages:
+    for index, run in enumerate(RUNS):
+      grid.evaluate(run, index, trials=trials, seed=args.seed)
+    grid.compare()
+  if "controls" in stages:
+    for index, run in enumerate(CONTROLS):
+      grid.train(run, index, of=CONTROLS)
+      grid.evaluate_perplexity(run)
+  if "report" in stages:
+    path = reproduce_report.write(
+        out, [r.name for r in RUNS], steps=grid.steps, drop_steps=grid.drop_steps(),
+        scale=args.scale, controls=[(r.name, r.change) for r in CONTROLS])
+    print(f"[grid] wrote {path}", flush=True)
 
 
 class Grid:
@@ -133,8 +160,11 @@ class Grid:
 
   # --- training --------------------------------------------------------------------
 
+  def drop_step(self, run: Run) -> int:
+    return round(run.drop_fraction * self.steps)
+
   def drop_steps(self) -> dict:
-    return {r.name: round(r.drop_fraction * self.steps) for r in RUNS if r.drop_fraction}
+    return {r.name: self.drop_step(r) for r in RUNS if r.drop_fraction}
 
   def flags(self, run: Run) -> list[str]:
     flags = [f"--config={self.config_file}:{run.variant}",
@@ -144,29 +174,31 @@ class Grid:
              f"--config.data.tokenizer=hf:{self.tokenizer}",
              f"--config.data.needle_haystack={self.corpus}"]
     if run.drop_fraction:
-      flags.append(f"--config.drope.drop_at_step={self.drop_steps()[run.name]}")
-      # The RoPE run keeps the checkpoints the DroPE runs branch from.
+      flags.append(f"--config.drope.drop_at_step={self.drop_step(run)}")
+    # The RoPE run keeps the checkpoints the DroPE runs branch from.
     flags.append(f"--config.checkpoint.keep_period={self._keep_period()}")
-    return flags + self.overrides
+    lr = _config_value(self.config_file, "train.lr")
+    return flags + self.overrides + [o.format(lr=lr) for o in run.overrides]
 
   def _keep_period(self) -> int:
     """A period that lands on every drop step."""
-    return math.gcd(*self.drop_steps().values(), self.steps)
+    return math.gcd(*(self.drop_step(r) for r in RUNS + CONTROLS if r.drop_fraction),
+                    self.steps)
 
   def finished(self, run: Run) -> bool:
     return os.path.isdir(os.path.join(self.out, run.name, "checkpoints", str(self.steps)))
 
-  def train(self, run: Run, index: int):
+  def train(self, run: Run, index: int, of=RUNS):
     workdir = os.path.join(self.out, run.name)
     if self.finished(run):
-      self._progress(index, f"{run.name}: trained")
+      self._progress(index, f"{run.name}: trained", of)
       return
     steps_to_train = self.steps
     if run.drop_fraction:
-      drop = self.drop_steps()[run.name]
+      drop = self.drop_step(run)
       branch(os.path.join(self.out, "rope"), workdir, drop)
       steps_to_train -= drop
-    self._progress(index, f"{run.name}: training {steps_to_train} steps")
+    self._progress(index, f"{run.name}: training {steps_to_train} steps", of)
     started = time.time()
     _run(f"train {run.name}", ["-m", "drope_jax.train", *self.flags(run)])
     if self.seconds_per_step is None:
@@ -190,21 +222,28 @@ class Grid:
     with open(done, "w") as f:
       f.write("ok\n")
 
+  def evaluate_perplexity(self, run: Run):
+    """Controls: perplexity at every length (their in-context and length results)."""
+    workdir = os.path.join(self.out, run.name)
+    if not os.path.exists(os.path.join(workdir, "eval", "perplexity_nope.json")):
+      _run(f"evaluate {run.name}", ["-m", "drope_jax.evaluate", f"--workdir={workdir}",
+                                    f"--lengths={LENGTHS}", "--evals=perplexity"])
+
   def compare(self):
     _run("compare", ["-m", "drope_jax.evaluate", "--compare",
                      *[os.path.join(self.out, r.name) for r in RUNS],
                      f"--out={os.path.join(self.out, 'compare')}"])
 
-  def _steps_left(self) -> int:
-    drops = self.drop_steps()
-    return sum(self.steps - drops.get(r.name, 0) for r in RUNS if not self.finished(r))
+  def _steps_left(self, runs) -> int:
+    return sum(self.steps - (self.drop_step(r) if r.drop_fraction else 0)
+               for r in runs if not self.finished(r))
 
-  def _progress(self, index: int, what: str):
+  def _progress(self, index: int, what: str, runs=RUNS):
     elapsed = time.time() - self.started
     eta = ""
     if self.seconds_per_step:
-      eta = f", training left ~{self._steps_left() * self.seconds_per_step / 60:.0f} min"
-    print(f"[grid] run {index + 1} of {len(RUNS)}: {what} "
+      eta = f", training left ~{self._steps_left(runs) * self.seconds_per_step / 60:.0f} min"
+    print(f"[grid] run {index + 1} of {len(runs)}: {what} "
           f"(elapsed {elapsed / 60:.0f} min{eta})", flush=True)
 
 
@@ -234,7 +273,7 @@ def branch(source: str, workdir: str, step: int):
   os.makedirs(checkpoints, exist_ok=True)
   os.rename(os.path.join(staging, str(step)), os.path.join(checkpoints, str(step)))
   os.rmdir(staging)
-  print(f"[grid] {os.path.basename(workdir)}: branched from {source} at step {step}",
+  print(f"[grid] {workdir}: branched from {source} at step {step}",
         flush=True)
 
 

@@ -31,7 +31,8 @@ RUN_NAMES = {"rope": "RoPE", "nope": "NoPE", "drope": "DroPE (drop at 87.5%)",
 
 
 def write(out: str, runs: list[str], *, steps: int | None = None,
-          drop_steps: dict | None = None, scale: str = "") -> str:
+          drop_steps: dict | None = None, scale: str = "",
+          controls: list[tuple[str, str]] = ()) -> str:
   evals = {run: _load_evals(os.path.join(out, run)) for run in runs}
   metrics = {run: _load_metrics(os.path.join(out, run)) for run in runs}
   lines = [f"# DroPE reproduction ({scale or 'grid'} scale)", ""]
@@ -46,6 +47,7 @@ def write(out: str, runs: list[str], *, steps: int | None = None,
   lines += _temperature_section(evals)
   lines += _analyses_section(out, runs)
   lines += _claims_section(evals)
+  lines += _controls_section(out, evals, metrics, controls)
   path = os.path.join(out, "report.md")
   with open(path, "w") as f:
     f.write("\n".join(lines) + "\n")
@@ -270,6 +272,31 @@ def _claims_section(evals):
         f"- (c) NIAH multi-key at 2x: DroPE {d_mk:.1f}% vs the best RoPE scaling "
         f"({METHOD_NAMES[best]}) {scaled[best]:.1f}%: **{_yes(d_mk > scaled[best])}**; "
         f"RoPE as is {r_mk:.1f}% (near 0: **{_yes(r_mk <= 5)}**).")
+  return lines + [""]
+
+
+def _controls_section(out, evals, metrics, controls):
+  """Single changes to DroPE at 87.5%, beside it and RoPE."""
+  rows = [(run, RUN_NAMES[run], evals.get(run, {}), metrics.get(run, {}))
+          for run in ("rope", "drope")]
+  for name, change in controls:
+    workdir = os.path.join(out, name)
+    if os.path.isdir(workdir):
+      rows.append((name, change, _load_evals(workdir), _load_metrics(workdir)))
+  if len(rows) == 2:
+    return []
+  rope_ppl = _perplexity(rows[0][2], "rope", 1)
+  lines = ["## Controlled runs: one change each from DroPE at 87.5%", "",
+           "| run | change | final eval loss | ppl 1x | / RoPE | 2x / 1x | 4x / 1x |",
+           "|---|---|---:|---:|---:|---:|---:|"]
+  for name, change, e, by_step in rows:
+    eval_steps = [s for s, r in by_step.items() if "eval_loss" in r]
+    loss = by_step[eval_steps[-1]]["eval_loss"] if eval_steps else None
+    method = _own_method(e)
+    ppl = _perplexity(e, method, 1)
+    ratio = ppl / rope_ppl if ppl and rope_ppl else None
+    lines.append(f"| {name} | {change} | {_fmt(loss, 3)} | {_fmt(ppl)} | {_fmt(ratio, 3)} | "
+                 f"{_fmt(_ratio(e, method, 2), 3)} | {_fmt(_ratio(e, method, 4), 3)} |")
   return lines + [""]
 
 
