@@ -1,0 +1,78 @@
+"""Imported Hugging Face models give transformers' logits and greedy generations."""
+
+import numpy as np
+import pytest
+import torch
+
+from drope_jax.eval import generate
+from drope_jax.eval import loading
+from drope_jax.hf import convert
+from drope_jax.hf import importer
+from tests import hf_models
+
+# (architecture, lengths compared: the context, and 2x where RoPE is scaled).
+CASES = [("llama", (hf_models.CONTEXT,)),
+         ("qwen2", (hf_models.CONTEXT,)),
+         ("qwen3", (hf_models.CONTEXT,)),
+         ("mistral", (hf_models.CONTEXT,)),
+         ("llama3", (hf_models.CONTEXT, 2 * hf_models.CONTEXT)),
+         ("linear", (hf_models.CONTEXT, 2 * hf_models.CONTEXT))]
+
+
+def import_dir(source, workdir, **kwargs):
+  hf_config, tensors, files = importer.read_directory(source)
+  return convert.import_model(hf_config, tensors, files, str(workdir), **kwargs)
+
+
+def hf_logits(model, tokens_BS):
+  with torch.no_grad():
+    return model(torch.as_tensor(tokens_BS)).logits.numpy()
+
+
+_IMPORTED = {}
+
+
+def imported(name, tmp_path_factory):
+  """(transformers model, our restored run, source directory) of architecture `name`,
+  built once per test process (tests/test_hf_export.py exports these runs too)."""
+  if name not in _IMPORTED:
+    source = tmp_path_factory.mktemp(name)
+    model = hf_models.save(name, str(source))
+    workdir = tmp_path_factory.mktemp(name + "_run")
+    import_dir(source, workdir)
+    _IMPORTED[name] = model, loading.load_run(str(workdir)), source
+  return _IMPORTED[name]
+
+
+@pytest.mark.parametrize("name,lengths", CASES, ids=[c[0] for c in CASES])
+def test_logits_equal_transformers(name, lengths, tmp_path_factory):
+  hf_model, run, _ = imported(name, tmp_path_factory)
+  ours = run.model()
+  for length in lengths:
+    tokens_BS = np.random.default_rng(length).integers(0, hf_models.VOCAB, (2, length))
+    np.testing.assert_allclose(
+        np.asarray(ours(tokens_BS, positional=run.positional())),
+        hf_logits(hf_model, tokens_BS), atol=1e-5, rtol=0)
+
+
+# Generation runs the KV-cache path, the same for every architecture: two suffice
+# (per-head QK-norm; scaled RoPE with tied embeddings), to 38 tokens, past the context.
+@pytest.mark.parametrize("name", ["qwen3", "llama3"])
+def test_greedy_generation_equals_transformers(name, tmp_path_factory):
+  hf_model, run, _ = imported(name, tmp_path_factory)
+  prompt = np.random.default_rng(1).integers(3, hf_models.VOCAB, 6).astype(np.int32)
+  with torch.no_grad():
+    expected = hf_model.generate(
+        torch.as_tensor(prompt[None]), max_new_tokens=32, min_new_tokens=32,
+        do_sample=False, eos_token_id=None, pad_token_id=0)[0, len(prompt):].numpy()
+  (ours,) = generate.complete(
+      run.graphdef(), run.params, [prompt], positional=run.positional(),
+      sampling=generate.Sampling(max_new_tokens=32), eos_id=-1, pad_id=-2)
+  np.testing.assert_array_equal(ours, expected)
+
+
+def test_the_run_config_names_the_context_and_the_tokenizer(tmp_path_factory):
+  _, run, _ = imported("llama3", tmp_path_factory)
+  assert run.config.train.seq_len == hf_models.CONTEXT
+  assert run.config.data.tokenizer.endswith("/hf/tokenizer.json")
+  assert run.tokenizer().eos_id == 2 and run.phase == "pretrain"
