@@ -39,6 +39,7 @@ WINDOW = 4
 METRICS = ("centre", "window", "peak", "sentence", "tail")
 # needles.NEEDLE is "... for {key} is: {value}. ": the text between key and value, and after.
 _BEFORE_VALUE, _AFTER_VALUE = needles.NEEDLE.split("{key}")[1].split("{value}")
+_VALUE_CHARS = 7  # needles._needles draws 7-digit values.
 
 
 def needle_spans(tokenizer, example: needles.NiahExample) -> tuple[tuple[int, int], ...]:
@@ -46,9 +47,9 @@ def needle_spans(tokenizer, example: needles.NiahExample) -> tuple[tuple[int, in
   as niah_runner.make_prompts encodes it (EOS, then the prompt's tokens)."""
   start = example.needle_char_offsets[0]
   value_start = example.prompt.index(_BEFORE_VALUE, start) + len(_BEFORE_VALUE)
-  end = min(value_start + 7 + len(_AFTER_VALUE), len(example.prompt))
+  end = min(value_start + _VALUE_CHARS + len(_AFTER_VALUE), len(example.prompt))
   token = lambda char: 1 + len(tokenizer.encode(example.prompt[:char]))
-  a, b = token(value_start), token(value_start + 7)
+  a, b = token(value_start), token(value_start + _VALUE_CHARS)
   return (a, max(b, a + 1)), (token(start), token(end))
 
 
