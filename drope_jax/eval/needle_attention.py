@@ -18,8 +18,11 @@ distribution p over the keys 0..q is summarised against the asked needle (the fi
 
 Each is averaged over all prompts of a length (variants x depths x trials). `chance`
 gives what uniform attention over the q + 1 keys would put on centre and sentence.
-Token positions come from tokenizing the prompt prefix up to a character offset: exact
-for byte tokenizers, within a token of the truth for BPE (why centre takes +-1).
+Prompts are right-padded to the length (one compilation per length); the query never
+sees the padding, but dynamic NTK takes its frequencies from the padded length, as the
+NIAH prefill does. Token positions come from tokenizing the prompt prefix up to a
+character offset: exact for byte tokenizers, within a token of the truth for BPE (why
+centre takes +-1).
 """
 
 import collections
