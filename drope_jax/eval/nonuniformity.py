@@ -40,11 +40,11 @@ def _objectives(probs_BHQT):
 def layer_gradients(model, tokens_BS, positional: Positional) -> dict:
   """{objective: {"value": [L], "grad_norm": [L]}} as jax arrays (see the module doc)."""
   is_qk = lambda path, _: path[-1] in _QK
+  queries_BQ = attention_probe.positions_of(tokens_BS)  # every query.
   out = {name: {"value": [], "grad_norm": []} for name in OBJECTIVES}
   for block, h_BSE, positions_BS in attention_probe.layer_inputs(
       model, tokens_BS, positional):
     graphdef, qk, rest = nnx.split(block.attn, is_qk, ...)
-    queries_BQ = attention_probe.positions_of(tokens_BS)
 
     def objective(qk, name):
       attn = nnx.merge(graphdef, qk, rest)
