@@ -130,7 +130,7 @@ def nonuniformity_section(runs: dict, out_dir: str) -> tuple[list[str], list[str
 
 
 def _plot_nonuniformity(runs, out_dir):
-  figure = Figure(layout="constrained", figsize=(1 + 5 * len(runs), 4))
+  figure = Figure(layout="constrained", figsize=(1 + 5 * len(runs), 5))
   for axes, (run, data) in zip(np.atleast_1d(figure.subplots(1, len(runs))),
                                runs.items()):
     layers = np.arange(data["layers"])
@@ -143,8 +143,8 @@ def _plot_nonuniformity(runs, out_dir):
     axes.set(title=f"{run} (train length {data['train_len']})", xlabel="layer",
              ylabel="gradient norm w.r.t. q, k")
     axes.grid(True, which="both", alpha=0.3)
-  figure.legend(*figure.axes[0].get_legend_handles_labels(), fontsize=8,
-                loc="outside right upper")
+  figure.legend(*figure.axes[0].get_legend_handles_labels(), fontsize=8, ncols=2,
+                loc="outside lower center")
   figure.suptitle("Gradient towards non-uniform attention at initialisation")
   name = "nonuniformity_grad.png"
   figure.savefig(os.path.join(out_dir, name), dpi=120)
