@@ -1,6 +1,7 @@
 """`python -m drope_jax.evaluate`: long-context evaluation of a run's checkpoint.
 
   python -m drope_jax.evaluate --workdir=DIR [--step=N] [--evals=perplexity,niah]
+      [--evals=needle_attention,nonuniformity_grad] [--nonuniformity_rows=8]
       [--lengths=1,2,4,8] [--methods=auto] [--temperature_c=0.412] [--eval_data=GLOB]
       [--niah_trials=10] [--niah_depths=0,0.25,0.5,0.75,1] [--niah_variants=...]
       [--attention=chunked]
@@ -14,6 +15,12 @@ multiple); a NoPE checkpoint (NoPE run, DroPE after the drop) as is and with the
 softmax temperature beta = 1 + c ln(s) ('temperature': c from --temperature_c, else
 from a previous --fit_temperature). Outputs, under DIR/eval/:
   perplexity_<method>.json, niah_<method>.json   schema of drope_jax/eval/report.py
+  needle_attention_<method>.json                 per-head attention on the needle at
+                                                 the NIAH prompts' last position
+                                                 (drope_jax/eval/needle_attention.py)
+  nonuniformity_grad.json                        RoPE vs NoPE gradient towards
+                                                 non-uniform attention at initialisation
+                                                 (drope_jax/eval/nonuniformity.py)
   temperature.json                               the fitted c (--fit_temperature)
   report.md + PNGs                               every method evaluated so far
 where <method> is rope, pi, ntk, yarn, dynamic_ntk, nope or temperature.
@@ -31,10 +38,14 @@ from absl import flags
 from absl import logging
 import jax
 
+from drope_jax import optim
+from drope_jax import train_step
 from drope_jax.data import sources
 from drope_jax.eval import heldout
 from drope_jax.eval import loading
+from drope_jax.eval import needle_attention
 from drope_jax.eval import niah_runner
+from drope_jax.eval import nonuniformity
 from drope_jax.data import needles
 from drope_jax.eval import perplexity
 from drope_jax.eval import report
@@ -42,7 +53,7 @@ from drope_jax.eval import temperature
 from drope_jax.model import rope_scaling
 from drope_jax.model.positional import Positional
 
-EVALS = ("perplexity", "niah")
+EVALS = ("perplexity", "niah", "needle_attention", "nonuniformity_grad")
 METHODS = {"rope": ("none", "pi", "ntk", "yarn", "dynamic_ntk"),
            "nope": ("none", "temperature")}
 KIND_NAMES = {"rope": "RoPE", "nope": "NoPE"}
@@ -51,7 +62,9 @@ LONG_CONTEXT = 2048
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.")
-_EVALS = flags.DEFINE_list("evals", list(EVALS), "Evaluations: perplexity, niah.")
+_EVALS = flags.DEFINE_list(
+    "evals", ["perplexity", "niah"], "Evaluations: perplexity, niah; the analyses "
+    "needle_attention (NIAH flags choose its prompts), nonuniformity_grad.")
 _LENGTHS = flags.DEFINE_list("lengths", ["1", "2", "4", "8"],
                              "Evaluation lengths, as multiples of train.seq_len.")
 _METHODS = flags.DEFINE_list(
@@ -75,6 +88,8 @@ _ATTENTION = flags.DEFINE_enum(
     "attention", None, ["xla", "chunked", "splash", "cudnn", "auto"],
     f"Attention kernel; default the run's, and chunked beyond {LONG_CONTEXT} tokens.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the NIAH prompts.")
+_NONUNIFORMITY_ROWS = flags.DEFINE_integer(
+    "nonuniformity_rows", 8, "nonuniformity_grad: held-out windows of train.seq_len.")
 _FIT = flags.DEFINE_bool("fit_temperature", False,
                          "Fit c of the NoPE softmax temperature instead.")
 _FIT_LENGTH = flags.DEFINE_float("length", 4, "--fit_temperature: target multiple.")
@@ -229,6 +244,62 @@ def evaluate_niah(run, methods, lengths, *, haystack, depths, variants, trials, 
     say(f"wrote {path}")
 
 
+def evaluate_needle_attention(run, methods, lengths, *, haystack, depths, variants,
+                              trials, seed, attention, batch_tokens):
+  tokenizer = run.tokenizer()
+  for method in methods:
+    say(f"needle attention {method.name}: {len(variants)} variants x {len(depths)} "
+        f"depths x {trials} trials at lengths {', '.join(map(str, lengths))}")
+    data = needle_attention.run(
+        lambda length: run.graphdef(attention_for(run.config.model.attention, length,
+                                                  attention)),
+        run.params, tokenizer=tokenizer, haystack=haystack, lengths=lengths,
+        variants=variants, depths=depths, trials=trials,
+        positional_for=lambda length, m=method: m.positional(length, run.train_len),
+        rows_for=lambda length: rows_for(run, length, batch_tokens), mesh=run.mesh,
+        seed=seed, progress=say)
+    if not data["lengths"]:
+      raise EvalError(f"no NIAH prompt fits lengths {', '.join(map(str, lengths))}: "
+                      "evaluate longer lengths or fewer needles (--niah_variants)")
+    cfg = run.model_config
+    path = _write_json(run, "needle_attention", method, dict(
+        data, layers=cfg.n_layers, heads=cfg.n_heads, variants=list(variants),
+        depths=list(depths), trials=trials, seed=seed))
+    say(f"wrote {path}")
+
+
+def evaluate_nonuniformity(run, *, rows, eval_data, text_field):
+  """At the run's initial weights (its config and seed), RoPE vs NoPE."""
+  multiple = loading.batch_multiple(run.mesh)
+  rows = -(-rows // multiple) * multiple
+  stream = heldout.token_stream(run.config, rows * run.train_len + 1,
+                                eval_data=eval_data, text_field=text_field)
+  windows = heldout.windows(stream, run.train_len, rows)
+  if len(windows) < rows:
+    raise EvalError(f"--nonuniformity_rows={rows} needs {rows * run.train_len + 1} "
+                    f"held-out tokens; raise --eval_tokens or lower the rows")
+  _, init = train_step.build(run.config, run.mesh, optim.make_optimizer(run.config.train))
+  theta = float(run.config.model.rope_theta)
+  positionals = {kind: Positional(kind=kind, theta=theta) for kind in ("rope", "nope")}
+  say(f"nonuniformity gradient at initialisation (seed {run.config.seed}): RoPE and "
+      f"NoPE on {rows} windows of {run.train_len} tokens")
+  results = nonuniformity.measure(run.graphdef("xla"), init().params,
+                                  [windows[:, :-1]], positionals=positionals,
+                                  mesh=run.mesh)
+  for kind, result in results.items():
+    say("  " + KIND_NAMES[kind] + " grad norm per layer: " + "; ".join(
+        f"{name} " + " ".join(f"{g:.3g}" for g in result[name]["grad_norm"])
+        for name in nonuniformity.OBJECTIVES))
+  directory = os.path.join(run.workdir, "eval")
+  os.makedirs(directory, exist_ok=True)
+  path = os.path.join(directory, "nonuniformity_grad.json")
+  with open(path, "w") as f:
+    json.dump(dict(run=run.name, weights="init", seed=int(run.config.seed),
+                   train_len=run.train_len, rows=rows, tokens=rows * run.train_len,
+                   layers=run.model_config.n_layers, nonuniformity=results), f, indent=1)
+  say(f"wrote {path}")
+
+
 def fit_temperature(run, multiple: float, *, stream, attention, batch_tokens):
   base = run.positional()
   if base.kind != "nope":
@@ -294,6 +365,9 @@ def evaluate(workdir: str):
   _check_choices("evals", _EVALS.value, EVALS)
   _check_choices("niah_variants", _NIAH_VARIANTS.value, needles.VARIANTS)
   depths = _parse_depths(_NIAH_DEPTHS.value)
+  if _NONUNIFORMITY_ROWS.value < 1:
+    raise EvalError(f"--nonuniformity_rows={_NONUNIFORMITY_ROWS.value}: use a positive "
+                    "number of windows")
   say(f"restoring {workdir} (step {_STEP.value if _STEP.value is not None else 'latest'})")
   run = loading.load_run(workdir, _STEP.value)
   kind = run.positional().kind
@@ -315,12 +389,20 @@ def evaluate(workdir: str):
                                   eval_data=_EVAL_DATA.value, text_field=_TEXT_FIELD.value)
     evaluate_perplexity(run, methods, lengths, stream=stream, attention=_ATTENTION.value,
                         batch_tokens=_BATCH_TOKENS.value)
-  if "niah" in _EVALS.value:
+  if "niah" in _EVALS.value or "needle_attention" in _EVALS.value:
     haystack = heldout.text(run.config, 4 * lengths[-1], eval_data=_EVAL_DATA.value,
                             text_field=_TEXT_FIELD.value)
-    evaluate_niah(run, methods, lengths, haystack=haystack, depths=depths,
-                  variants=_NIAH_VARIANTS.value, trials=_NIAH_TRIALS.value,
-                  seed=_SEED.value, batch_tokens=_BATCH_TOKENS.value)
+    needle_flags = dict(haystack=haystack, depths=depths, variants=_NIAH_VARIANTS.value,
+                        trials=_NIAH_TRIALS.value, seed=_SEED.value,
+                        batch_tokens=_BATCH_TOKENS.value)
+  if "niah" in _EVALS.value:
+    evaluate_niah(run, methods, lengths, **needle_flags)
+  if "needle_attention" in _EVALS.value:
+    evaluate_needle_attention(run, methods, lengths, attention=_ATTENTION.value,
+                              **needle_flags)
+  if "nonuniformity_grad" in _EVALS.value:
+    evaluate_nonuniformity(run, rows=_NONUNIFORMITY_ROWS.value,
+                           eval_data=_EVAL_DATA.value, text_field=_TEXT_FIELD.value)
   path = report.write_report([workdir], os.path.join(workdir, "eval"))
   say(f"wrote {path}")
 

@@ -82,6 +82,31 @@ def test_evaluate_writes_json_report_and_plots_for_rope_and_nope_checkpoints(
   assert os.path.exists(os.path.join(out, "report.md"))
 
 
+def test_analyses_write_json_and_plots(workdir, tmp_path):
+  done = _python("drope_jax.evaluate", f"--workdir={workdir}", "--step=8",
+                 "--evals=needle_attention,nonuniformity_grad", "--methods=none,yarn",
+                 "--nonuniformity_rows=2", *EVAL_FLAGS)
+  assert done.returncode == 0, done.stderr[-3000:]
+  for method in ("rope", "yarn"):
+    data = _read(workdir, f"needle_attention_{method}.json")
+    assert (data["method"], data["lengths"], data["prompts"]) == (method, [512], [1])
+    centre = data["metrics"]["centre"][0]
+    assert len(centre) == 2 and len(centre[0]) == 4  # layers x heads
+    assert all(0 <= m <= 1 for row in centre for m in row)
+  grads = _read(workdir, "nonuniformity_grad.json")["nonuniformity"]
+  for mode in ("rope", "nope"):
+    assert all(g > 0 for g in grads[mode]["diagonal"]["grad_norm"])
+  with open(os.path.join(workdir, "eval", "report.md")) as f:
+    text = f.read()
+  for png in ("needle_attention_drope-tiny_yarn.png", "nonuniformity_grad.png"):
+    assert f"({png})" in text and os.path.exists(os.path.join(workdir, "eval", png))
+  out = str(tmp_path / "compare")
+  compared = _python("drope_jax.evaluate", "--compare", workdir, f"--out={out}")
+  assert compared.returncode == 0, compared.stderr[-3000:]
+  assert "## Non-uniformity gradient at initialisation" in open(
+      os.path.join(out, "report.md")).read()
+
+
 def test_bad_input_exits_2_with_one_clear_message(workdir, tmp_path):
   empty = _python("drope_jax.evaluate", f"--workdir={tmp_path}")
   assert empty.returncode == 2 and "has no checkpoints/" in empty.stderr

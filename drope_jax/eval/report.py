@@ -23,6 +23,9 @@ eval/niah*.json:
    "results": [{"variant": "multikey", "length": 2048, "depth": 0.5,
                 "success_rate": 0.42, "trials": 50}]}   success_rate in [0, 1]
 
+eval/needle_attention*.json, eval/nonuniformity_grad*.json: the analyses, each a
+section of its own; schemas in drope_jax/eval/report_analysis.py.
+
 Lengths appear in the table as multiples of the training length ("2x"), so
 runs trained at different lengths line up.
 """
@@ -39,6 +42,8 @@ from matplotlib import ticker
 from matplotlib.figure import Figure
 import numpy as np
 
+from drope_jax.eval import report_analysis
+
 _PERPLEXITY_KEYS = ("run", "method", "train_len", "lengths", "perplexity")
 _NIAH_KEYS = ("run", "method", "results")
 _RESULT_KEYS = ("variant", "length", "depth", "success_rate", "trials")
@@ -46,8 +51,8 @@ _RESULT_KEYS = ("variant", "length", "depth", "success_rate", "trials")
 
 def write_report(run_dirs_or_json: list[str], out_dir: str) -> str:
   """Writes report.md and its PNGs into `out_dir`; returns report.md's path."""
-  perplexity, niah = _load(run_dirs_or_json)
-  if not perplexity and not niah:
+  perplexity, niah, needle, nonuniformity = _load(run_dirs_or_json)
+  if not (perplexity or niah or needle or nonuniformity):
     raise ValueError(
         f"no evaluation JSON found in {run_dirs_or_json}: run "
         "`python -m drope_jax.evaluate --workdir=<dir>` first")
@@ -71,26 +76,37 @@ def write_report(run_dirs_or_json: list[str], out_dir: str) -> str:
     plots.extend(_plot_niah_heatmap(row, data["results"], train_lens[row],
                                     out_dir) for row, data in niah.items())
 
-  lines = ["# Long-context evaluation", "",
-           "Perplexity at multiples of the training length; NIAH success rate "
-           "(%) per variant and length, averaged over depths.", "",
-           *_table(rows, perplexity, niah, train_lens), "", "## Plots", ""]
-  lines += [f"![{os.path.splitext(name)[0]}]({name})\n" for name in plots]
+  lines = ["# Long-context evaluation", ""]
+  if rows:
+    lines += ["Perplexity at multiples of the training length; NIAH success rate "
+              "(%) per variant and length, averaged over depths.", "",
+              *_table(rows, perplexity, niah, train_lens), "", "## Plots", ""]
+    lines += _images(plots)
+  for data, section in ((needle, report_analysis.needle_section),
+                        (nonuniformity, report_analysis.nonuniformity_section)):
+    if data:
+      section_lines, section_plots = section(data, out_dir)
+      lines += [*section_lines, "", *_images(section_plots)]
   path = os.path.join(out_dir, "report.md")
   with open(path, "w") as f:
     f.write("\n".join(lines))
   return path
 
 
+def _images(names):
+  return [f"![{os.path.splitext(name)[0]}]({name})\n" for name in names]
+
+
 def _load(paths):
-  """Returns ({row: perplexity dict}, {row: niah dict}); row = (run, method)."""
-  perplexity, niah = {}, {}
+  """Returns ({row: perplexity dict}, {row: niah dict}, {row: needle attention dict},
+  {run: nonuniformity dict}); row = (run, method)."""
+  perplexity, niah, needle, nonuniformity = {}, {}, {}, {}
   for path in paths:
     if os.path.isdir(path):
       folder = os.path.join(path, "eval") if os.path.isdir(
           os.path.join(path, "eval")) else path
-      files = sorted(glob.glob(os.path.join(folder, "perplexity*.json"))
-                     + glob.glob(os.path.join(folder, "niah*.json")))
+      files = sorted(sum((glob.glob(os.path.join(folder, f"{kind}*.json")) for kind in (
+          "perplexity", "niah", "needle_attention", "nonuniformity_grad")), []))
     elif os.path.isfile(path):
       files = [path]
     else:
@@ -98,7 +114,13 @@ def _load(paths):
     for file in files:
       with open(file) as f:
         data = json.load(f)
-      if "perplexity" in data:
+      if "nonuniformity" in data:
+        _require(data, report_analysis.NONUNIFORMITY_KEYS, file)
+        nonuniformity[data["run"]] = data
+      elif "metrics" in data:
+        _require(data, report_analysis.NEEDLE_KEYS, file)
+        needle[data["run"], data["method"]] = data
+      elif "perplexity" in data:
         _require(data, _PERPLEXITY_KEYS, file)
         perplexity[data["run"], data["method"]] = data
       elif "results" in data:
@@ -108,9 +130,9 @@ def _load(paths):
         niah[data["run"], data["method"]] = data
       else:
         raise ValueError(
-            f"{file} is neither a perplexity nor a NIAH evaluation: see the "
-            "schema in drope_jax/eval/report.py")
-  return perplexity, niah
+            f"{file} is not a perplexity, NIAH, needle attention or non-uniformity "
+            "evaluation: see the schemas in drope_jax/eval/report.py")
+  return perplexity, niah, needle, nonuniformity
 
 
 def _require(data, keys, file):
