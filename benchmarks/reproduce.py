@@ -15,13 +15,14 @@
    from it as from its own. Each workdir is an ordinary run.
 3. Evaluation of every run (`drope_jax.evaluate`): perplexity and NIAH at
    1x, 2x, 4x the training length on held-out text, PI / NTK / YaRN / dynamic
-   NTK for RoPE, the fitted softmax temperature for NoPE and DroPE; the
-   analyses (attention around the needle, attention non-uniformity gradient).
+   NTK for RoPE, the fitted softmax temperature for NoPE and DroPE; then the
+   analyses (attention around the needle per head, and the gradient of attention
+   non-uniformity at initialisation, RoPE vs NoPE).
 4. Controlled runs (DIR/controls/*): DroPE at 87.5% with one change each (a longer
    recalibration, its learning rate, its optimizer state), perplexity-evaluated, to
    explain where DroPE lands.
 5. DIR/report.md with our numbers beside the paper's, and the plots.
-`--stages` runs a subset (train, evaluate, controls, report).
+`--stages` runs a subset (train, evaluate, analyses, controls, report).
 
 Every stage is skipped when its output exists, so a crashed or killed grid picks up
 where it stopped (and a killed run resumes from its last checkpoint).
@@ -81,7 +82,7 @@ CONTROLS = (
     Run("controls/keep_adam", "drope", 0.875, "AdamW moments kept at the drop",
         ("--config.drope.reset_optimizer=False",)),
 )
-STAGES = ("train", "evaluate", "controls", "report")
+STAGES = ("train", "evaluate", "analyses", "controls", "report")
 
 
 def main():
@@ -115,6 +116,9 @@ def main():
     for index, run in enumerate(RUNS):
       grid.evaluate(run, index, trials=trials, seed=args.seed)
     grid.compare()
+  if "analyses" in stages:
+    for index, run in enumerate(RUNS):
+      grid.analyse(run, index, seed=args.seed)
   if "controls" in stages:
     for index, run in enumerate(CONTROLS):
       grid.train(run, index, of=CONTROLS)
@@ -219,6 +223,22 @@ class Grid:
     _run(f"evaluate {run.name}", [
         *evaluate, f"--lengths={LENGTHS}", "--evals=perplexity,niah",
         f"--niah_trials={trials}", f"--seed={seed}"])
+    with open(done, "w") as f:
+      f.write("ok\n")
+
+  def analyse(self, run: Run, index: int, *, seed: int):
+    """Attention around the needle for every run; RoPE vs NoPE gradients at init once
+    (the RoPE run's initial weights are every run's: same config and seed)."""
+    workdir = os.path.join(self.out, run.name)
+    done = os.path.join(workdir, "eval", "analyses.done")
+    if os.path.exists(done):
+      return
+    self._progress(index, f"{run.name}: analyses")
+    evals = "needle_attention,nonuniformity_grad" if run.name == "rope" else "needle_attention"
+    _run(f"analyse {run.name}", [
+        "-m", "drope_jax.evaluate", f"--workdir={workdir}", f"--evals={evals}",
+        f"--lengths={LENGTHS}", "--niah_variants=single,multikey", "--niah_trials=4",
+        f"--seed={seed}"])
     with open(done, "w") as f:
       f.write("ok\n")
 
