@@ -32,7 +32,17 @@ def base_config(variant: str = "drope") -> ml_collections.ConfigDict:
       dtype="float32",        # compute dtype: float32 | bfloat16.
       pos_emb=variant,        # rope | nope | drope (RoPE until drope.drop_at_step).
       rope_theta=10_000.0,
-      qk_norm="none",         # none | q | k | qk: RMSNorm on the whole projected q / k.
+      # The model's own RoPE scaling (Hugging Face `rope_scaling`; evaluation-time
+      # baselines are separate): none | linear | dynamic | yarn | llama3.
+      rope_scaling="none",
+      rope_scaling_factor=1.0,
+      rope_original_max_len=0,    # the context the scaling extends (yarn/dynamic/llama3).
+      rope_low_freq_factor=1.0,   # llama3.
+      rope_high_freq_factor=4.0,  # llama3.
+      # none | q | k | qk: RMSNorm on the whole projected q / k (all heads, the paper's);
+      # head_qk: RMSNorm of each head of q and k over head_dim, one gain [head_dim] (Qwen3).
+      qk_norm="none",
+      attention_bias=False,   # biases on the q, k, v projections (Qwen2).
       attention="auto",       # auto | xla | chunked | splash | cudnn.
       attention_chunk=512,    # block size of the `chunked` kernel.
       remat="none",           # none | full | save_dots.
@@ -109,7 +119,8 @@ class ConfigError(ValueError):
 
 _CHOICES = {
     "model.pos_emb": POS_EMB_VARIANTS,
-    "model.qk_norm": ("none", "q", "k", "qk"),
+    "model.qk_norm": ("none", "q", "k", "qk", "head_qk"),
+    "model.rope_scaling": ("none", "linear", "dynamic", "yarn", "llama3"),
     "model.attention": ("auto", "xla", "chunked", "splash", "cudnn"),
     "model.remat": ("none", "full", "save_dots"),
     "model.param_dtype": ("float32", "bfloat16"),
@@ -149,6 +160,10 @@ def validate(config) -> None:
                       f"{m.n_heads} (grouped-query attention)")
   if m.head_dim % 2:
     raise ConfigError(f"model.head_dim={m.head_dim} must be even (RoPE rotates pairs)")
+  if m.rope_scaling != "none" and (m.rope_scaling_factor < 1 or (
+      m.rope_scaling != "linear" and m.rope_original_max_len <= 0)):
+    raise ConfigError(f"model.rope_scaling={m.rope_scaling} needs model.rope_scaling_factor"
+                      " >= 1 and model.rope_original_max_len > 0 (the context it extends)")
   if t.batch_size % t.grad_accum:
     raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by "
                       f"train.grad_accum={t.grad_accum}")

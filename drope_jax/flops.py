@@ -2,13 +2,15 @@
 
 The model is the Llama / Qwen2-style decoder of `drope_jax.model`: token embedding,
 then per layer RMSNorm + GQA attention (optional q / k RMSNorm gains) and RMSNorm +
-SwiGLU MLP, a final RMSNorm, and an unembedding unless it is tied. No biases.
+SwiGLU MLP, a final RMSNorm, and an unembedding unless it is tied; q, k, v biases
+when model.attention_bias (Qwen2).
 """
 
 import jax
 import jax.numpy as jnp
 
-_QK_NORM_WIDTHS = {"none": (), "q": ("q",), "k": ("k",), "qk": ("q", "k")}
+_QK_NORM_WIDTHS = {"none": (), "q": ("q",), "k": ("k",), "qk": ("q", "k"),
+                   "head_qk": ("head_q", "head_k")}
 
 
 def _layer_matmul_params(m) -> int:
@@ -21,11 +23,14 @@ def _layer_matmul_params(m) -> int:
 
 
 def _layer_norm_params(m) -> int:
-  """Gains of one layer's RMSNorms: attention, MLP and the optional q / k norms."""
+  """Gains of one layer's RMSNorms (attention, MLP, optional q / k norms) and biases."""
   if m.qk_norm not in _QK_NORM_WIDTHS:
     raise ValueError(f"model.qk_norm={m.qk_norm!r}: use one of {', '.join(_QK_NORM_WIDTHS)}")
-  widths = {"q": m.n_heads * m.head_dim, "k": m.n_kv_heads * m.head_dim}
-  return 2 * m.d_model + sum(widths[name] for name in _QK_NORM_WIDTHS[m.qk_norm])
+  widths = {"q": m.n_heads * m.head_dim, "k": m.n_kv_heads * m.head_dim,
+            "head_q": m.head_dim, "head_k": m.head_dim}
+  biases = (m.n_heads + 2 * m.n_kv_heads) * m.head_dim if m.get("attention_bias") else 0
+  return (2 * m.d_model + sum(widths[name] for name in _QK_NORM_WIDTHS[m.qk_norm])
+          + biases)
 
 
 def params_count(model_config) -> dict[str, int]:

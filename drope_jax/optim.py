@@ -52,9 +52,11 @@ def lr_schedule(config) -> optax.Schedule:
 
 
 def _decay_mask(params):
-  """Weight decay on matrices only: never on norm gains (parameters named `scale`)."""
+  """Weight decay on matrices only: never on norm gains (parameters named `scale`) or
+  biases (named `*_bias_*`)."""
   def decays(path, _):
-    return not any(getattr(k, "key", None) == "scale" for k in path)
+    names = [str(getattr(k, "key", "")) for k in path]
+    return not any(n == "scale" or "_bias_" in n for n in names)
   return jax.tree_util.tree_map_with_path(decays, params)
 
 

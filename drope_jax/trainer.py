@@ -89,16 +89,20 @@ class _Preemption:
 # Model keys that decide the parameter tree; a checkpoint only fits the same values.
 # (qk_norm may be added by init_from: new gains start at 1.)
 ARCHITECTURE_KEYS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads",
-                     "head_dim", "d_ff", "tie_embeddings", "qk_norm")
+                     "head_dim", "d_ff", "tie_embeddings", "qk_norm", "attention_bias")
+_WHOLE_PROJECTION_QK_NORMS = ("none", "q", "k", "qk")
 
 
 def architecture_mismatch(saved: dict, model_config, *, new_qk_norm_ok: bool) -> list[str]:
   """`model.KEY is A there and B here` for each architecture key that differs."""
   diffs = []
   for key in ARCHITECTURE_KEYS:
-    there, here = saved.get(key), model_config[key]
-    if key == "qk_norm" and new_qk_norm_ok and set(there.replace("none", "")) <= set(
-        here.replace("none", "")):
+    there, here = saved.get(key), model_config.get(key)
+    if key == "attention_bias":  # older runs lack the key: no biases.
+      there, here = bool(there), bool(here)
+    if (key == "qk_norm" and new_qk_norm_ok and there in _WHOLE_PROJECTION_QK_NORMS
+        and here in _WHOLE_PROJECTION_QK_NORMS
+        and set(there.replace("none", "")) <= set(here.replace("none", ""))):
       continue
     if there != here:
       diffs.append(f"model.{key} is {there!r} there and {here!r} here")

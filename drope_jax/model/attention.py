@@ -13,7 +13,7 @@ from drope_jax.model import kernels
 from drope_jax.model import layers
 from drope_jax.model.positional import Positional
 
-QK_NORMS = ("none", "q", "k", "qk")
+QK_NORMS = ("none", "q", "k", "qk", "head_qk")
 
 
 class Attention(nnx.Module):
@@ -29,11 +29,21 @@ class Attention(nnx.Module):
                                      std=std, dtype=pdt)
     self.out_HDE = layers.normal_param(rngs, (h, d, e), ("heads", "head_dim", "embed"),
                                        std=std, dtype=pdt)
-    # QK-norm normalises the whole projected q (all heads together), as in the paper.
-    self.q_norm = (layers.RMSNorm((h, d), ("heads", "head_dim"), eps=cfg.norm_eps,
-                                  param_dtype=pdt) if "q" in cfg.qk_norm else None)
-    self.k_norm = (layers.RMSNorm((k, d), ("kv_heads", "head_dim"), eps=cfg.norm_eps,
-                                  param_dtype=pdt) if "k" in cfg.qk_norm else None)
+    # Qwen2 adds biases to the q, k, v projections.
+    zeros = lambda shape, names: nnx.Param(jnp.zeros(shape, pdt), out_sharding=names)
+    self.q_bias_HD = zeros((h, d), ("heads", "head_dim")) if cfg.attention_bias else None
+    self.k_bias_KD = zeros((k, d), ("kv_heads", "head_dim")) if cfg.attention_bias else None
+    self.v_bias_KD = zeros((k, d), ("kv_heads", "head_dim")) if cfg.attention_bias else None
+    # QK-norm normalises the whole projected q (all heads together), as in the paper;
+    # `head_qk` normalises each head over head_dim with one shared gain, as Qwen3 does.
+    if cfg.qk_norm == "head_qk":
+      q_shape, k_shape = ((d,), ("head_dim",)), ((d,), ("head_dim",))
+    else:
+      q_shape, k_shape = ((h, d), ("heads", "head_dim")), ((k, d), ("kv_heads", "head_dim"))
+    norm = lambda shape, names: layers.RMSNorm(shape, names, eps=cfg.norm_eps,
+                                               param_dtype=pdt)
+    self.q_norm = norm(*q_shape) if "q" in cfg.qk_norm else None
+    self.k_norm = norm(*k_shape) if "k" in cfg.qk_norm else None
     self.dtype = jnp.dtype(cfg.dtype)
     self.impl = cfg.attention
     self.chunk_size = cfg.attention_chunk
@@ -43,6 +53,9 @@ class Attention(nnx.Module):
     q_BSHD = jnp.einsum("bse,ehd->bshd", x_BSE, w(self.q_EHD))
     k_BSKD = jnp.einsum("bse,ekd->bskd", x_BSE, w(self.k_EKD))
     v_BSKD = jnp.einsum("bse,ekd->bskd", x_BSE, w(self.v_EKD))
+    if self.q_bias_HD is not None:
+      q_BSHD, k_BSKD, v_BSKD = (q_BSHD + w(self.q_bias_HD), k_BSKD + w(self.k_bias_KD),
+                                v_BSKD + w(self.v_bias_KD))
     if self.q_norm is not None:
       q_BSHD = self.q_norm(q_BSHD)
     if self.k_norm is not None:

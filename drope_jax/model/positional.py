@@ -21,10 +21,12 @@ KINDS = ("rope", "nope")
 class Positional:
   kind: str = "rope"
   theta: float = 10_000.0
-  scaling: str = "none"          # none | pi | ntk | yarn | dynamic_ntk (RoPE only).
+  scaling: str = "none"          # one of rope_scaling.METHODS (RoPE only).
   factor: float = 1.0            # s = evaluation length / training length.
   original_max_len: int = 0      # the training context length, for the scaling methods.
   temperature: float = 1.0       # beta: multiplies every attention logit.
+  low_freq_factor: float = 1.0   # llama3 only.
+  high_freq_factor: float = 4.0  # llama3 only.
 
   def __post_init__(self):
     if self.kind not in KINDS:
@@ -50,7 +52,8 @@ class Positional:
       seq_len = jnp.max(positions_BS) + 1
     inv_freq_F, attention_factor = rope_scaling.rope_frequencies(
         head_dim, self.theta, self.scaling, self.factor, self.original_max_len,
-        seq_len=seq_len)
+        seq_len=seq_len, low_freq_factor=self.low_freq_factor,
+        high_freq_factor=self.high_freq_factor)
     angles_BSF = positions_BS[..., None].astype(jnp.float32) * inv_freq_F
     cos_BS1F = (jnp.cos(angles_BSF) * attention_factor)[:, :, None, :]
     sin_BS1F = (jnp.sin(angles_BSF) * attention_factor)[:, :, None, :]
@@ -61,9 +64,24 @@ class Positional:
     return rotated.astype(x_BSHD.dtype)
 
 
+# model.rope_scaling (a RoPE model's own scaling, as Hugging Face configs name it) ->
+# the method here. Unlike evaluation-time scaling, it is part of the model.
+MODEL_SCALINGS = {"none": "none", "linear": "pi", "dynamic": "dynamic_ntk",
+                  "yarn": "yarn", "llama3": "llama3"}
+
+
 def for_training(model_config, phase: str) -> Positional:
   """The positional mode of a training phase: 'pretrain' or 'recalibrate'."""
   kind = model_config.pos_emb
   if kind == "drope":
     kind = "rope" if phase == "pretrain" else "nope"
-  return Positional(kind=kind, theta=float(model_config.rope_theta))
+  theta = float(model_config.rope_theta)
+  scaling = model_config.get("rope_scaling", "none")  # older runs lack the key.
+  if kind == "nope" or scaling == "none":
+    return Positional(kind=kind, theta=theta)
+  return Positional(
+      kind=kind, theta=theta, scaling=MODEL_SCALINGS[scaling],
+      factor=float(model_config.rope_scaling_factor),
+      original_max_len=int(model_config.rope_original_max_len),
+      low_freq_factor=float(model_config.rope_low_freq_factor),
+      high_freq_factor=float(model_config.rope_high_freq_factor))

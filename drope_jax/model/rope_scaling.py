@@ -11,12 +11,16 @@ and sin, as Hugging Face's RoPE does (so the logits scale by its square).
 - yarn: pairs that turn many times within the training length keep their
   frequency, pairs that turn less than once are interpolated like PI, a linear
   ramp in between (beta_fast, beta_slow turns); attention factor 0.1 ln s + 1.
+- llama3: Llama 3.1's split by wavelength: pairs turning fewer than
+  low_freq_factor times in original_max_len are interpolated like PI, those
+  turning more than high_freq_factor times keep their frequency, a smooth
+  blend in between. A training-time setting (imported Llama 3.x models).
 - dynamic_ntk: NTK base recomputed from the current length L when
   L > original_max_len, as theta * (s L / L0 - (s - 1))^(d/(d-2)); identity
   otherwise. L may be a traced scalar.
 
-The formulas follow Hugging Face transformers' `linear`, `yarn` and `dynamic`
-RoPE types; tests/test_rope_scaling.py checks them against it.
+The formulas follow Hugging Face transformers' `linear`, `yarn`, `llama3` and
+`dynamic` RoPE types; tests/test_rope_scaling.py checks them against it.
 """
 
 import math
@@ -24,7 +28,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-METHODS = ("none", "pi", "ntk", "yarn", "dynamic_ntk")
+METHODS = ("none", "pi", "ntk", "yarn", "dynamic_ntk", "llama3")
 
 
 def rope_frequencies(
@@ -36,6 +40,8 @@ def rope_frequencies(
     seq_len=None,
     beta_fast: float = 32.0,
     beta_slow: float = 1.0,
+    low_freq_factor: float = 1.0,
+    high_freq_factor: float = 4.0,
 ):
   """Returns (inv_freq [head_dim // 2] float32, attention_factor float).
 
@@ -54,6 +60,10 @@ def rope_frequencies(
     inv_freq = _yarn_inv_freq(head_dim, theta, factor, original_max_len,
                               beta_fast, beta_slow)
     return inv_freq.astype(np.float32), _yarn_attention_factor(factor)
+  if method == "llama3":
+    inv_freq = _llama3_inv_freq(head_dim, theta, factor, original_max_len,
+                                low_freq_factor, high_freq_factor)
+    return inv_freq.astype(np.float32), 1.0
   if seq_len is None:  # Hugging Face takes the length to be original_max_len.
     return _inv_freq(head_dim, theta).astype(np.float32), 1.0
   return _dynamic_ntk_inv_freq(head_dim, theta, factor, original_max_len,
@@ -75,7 +85,7 @@ def _check_arguments(head_dim, method, factor, original_max_len):
   if factor < 1:
     raise ValueError(
         f"RoPE scaling factor must be >= 1 (eval_len / train_len), got {factor}")
-  if method in ("yarn", "dynamic_ntk") and original_max_len <= 0:
+  if method in ("yarn", "dynamic_ntk", "llama3") and original_max_len <= 0:
     raise ValueError(
         f"RoPE scaling {method!r} needs original_max_len (the training length)")
 
@@ -101,6 +111,14 @@ def _yarn_inv_freq(head_dim, theta, factor, original_max_len, beta_fast,
   interpolated = np.clip((np.arange(head_dim // 2) - low) / (high - low), 0, 1)
   inv_freq = _inv_freq(head_dim, theta)
   return inv_freq * (1 - interpolated) + inv_freq / factor * interpolated
+
+
+def _llama3_inv_freq(head_dim, theta, factor, original_max_len, low_freq_factor,
+                     high_freq_factor):
+  inv_freq = _inv_freq(head_dim, theta)
+  turns = original_max_len * inv_freq / (2 * math.pi)  # in the original context.
+  blend = np.clip((turns - low_freq_factor) / (high_freq_factor - low_freq_factor), 0, 1)
+  return blend * inv_freq + (1 - blend) * inv_freq / factor
 
 
 def _yarn_attention_factor(factor):

@@ -38,6 +38,13 @@ class ModelConfig:
   attention: str
   attention_chunk: int
   remat: str
+  # Keys added later (defaults keep older runs' metadata loadable).
+  attention_bias: bool = False
+  rope_scaling: str = "none"
+  rope_scaling_factor: float = 1.0
+  rope_original_max_len: int = 0
+  rope_low_freq_factor: float = 1.0
+  rope_high_freq_factor: float = 4.0
 
   @classmethod
   def from_config(cls, model_config) -> "ModelConfig":

@@ -1,0 +1,69 @@
+"""Imported Hugging Face models give transformers' logits and greedy generations."""
+
+import numpy as np
+import pytest
+import torch
+
+from drope_jax.eval import generate
+from drope_jax.eval import loading
+from drope_jax.hf import convert
+from drope_jax.hf import importer
+from tests import hf_models
+
+# (architecture, lengths compared: the context, and 2x where RoPE is scaled).
+CASES = [("llama", (hf_models.CONTEXT,)),
+         ("qwen2", (hf_models.CONTEXT,)),
+         ("qwen3", (hf_models.CONTEXT,)),
+         ("mistral", (hf_models.CONTEXT,)),
+         ("llama3", (hf_models.CONTEXT, 2 * hf_models.CONTEXT)),
+         ("linear", (hf_models.CONTEXT, 2 * hf_models.CONTEXT))]
+
+
+def import_dir(source, workdir, **kwargs):
+  hf_config, tensors, files = importer.read_directory(source)
+  return convert.import_model(hf_config, tensors, files, str(workdir), **kwargs)
+
+
+def hf_logits(model, tokens_BS):
+  with torch.no_grad():
+    return model(torch.as_tensor(tokens_BS)).logits.numpy()
+
+
+@pytest.fixture(scope="module", params=CASES, ids=[c[0] for c in CASES])
+def imported(request, tmp_path_factory):
+  name, lengths = request.param
+  source = tmp_path_factory.mktemp(name)
+  model = hf_models.save(name, str(source))
+  workdir = tmp_path_factory.mktemp(name + "_run")
+  import_dir(source, workdir)
+  return model, loading.load_run(str(workdir)), lengths
+
+
+def test_logits_equal_transformers(imported):
+  hf_model, run, lengths = imported
+  ours = run.model()
+  for length in lengths:
+    tokens_BS = np.random.default_rng(length).integers(0, hf_models.VOCAB, (2, length))
+    np.testing.assert_allclose(
+        np.asarray(ours(tokens_BS, positional=run.positional())),
+        hf_logits(hf_model, tokens_BS), atol=1e-5, rtol=0)
+
+
+def test_greedy_generation_equals_transformers(imported):
+  hf_model, run, _ = imported
+  prompt = np.random.default_rng(1).integers(3, hf_models.VOCAB, 6).astype(np.int32)
+  with torch.no_grad():
+    expected = hf_model.generate(
+        torch.as_tensor(prompt[None]), max_new_tokens=32, min_new_tokens=32,
+        do_sample=False, eos_token_id=None, pad_token_id=0)[0, len(prompt):].numpy()
+  (ours,) = generate.complete(
+      run.graphdef(), run.params, [prompt], positional=run.positional(),
+      sampling=generate.Sampling(max_new_tokens=32), eos_id=-1, pad_id=-2)
+  np.testing.assert_array_equal(ours, expected)
+
+
+def test_the_run_config_names_the_context_and_the_tokenizer(imported):
+  _, run, _ = imported
+  assert run.config.train.seq_len == hf_models.CONTEXT
+  assert run.config.data.tokenizer.endswith("/hf/tokenizer.json")
+  assert run.tokenizer().eos_id == 2 and run.phase == "pretrain"
