@@ -1,11 +1,15 @@
 """GGUF import: a small random Llama written as a GGUF file reads back as transformers reads it."""
 
 import json
+import subprocess
+import sys
 
 import gguf
 import numpy as np
 import pytest
 
+from drope_jax.eval import loading
+from drope_jax.hf import convert
 from drope_jax.hf import gguf as hf_gguf
 
 SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
@@ -70,7 +74,7 @@ def _write_llama_gguf(path, *, tied: bool) -> None:
 
   f32, q8, q4 = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.Q8_0,
                  gguf.GGMLQuantizationType.Q4_1)
-  add("token_embd.weight", (len(tokens), d), q8, scale=1.0)
+  add("token_embd.weight", (len(tokens), d), q8, scale=0.3)
   for i in range(layers):
     add(f"blk.{i}.attn_norm.weight", (d,), f32, scale=1.0)
     add(f"blk.{i}.attn_q.weight", (heads * head_dim, d), q4)
@@ -105,19 +109,37 @@ def transformers_model(gguf_file):
 
 
 def test_tensors_equal_transformers_gguf_loading(gguf_file, transformers_model):
-  checkpoint = hf_gguf.read_gguf(str(gguf_file))
+  config, tensors, _ = hf_gguf.read_gguf(str(gguf_file))
   reference = {k: v.numpy() for k, v in transformers_model.state_dict().items()}
-  tied = checkpoint.config["tie_word_embeddings"]
-  assert tied == ("lm_head.weight" not in checkpoint.tensors)
+  tied = config["tie_word_embeddings"]
+  assert tied == ("lm_head.weight" not in tensors)
   if tied:
     reference.pop("lm_head.weight")
-  assert sorted(checkpoint.tensors) == sorted(reference)
+  assert sorted(tensors) == sorted(reference)
   for name, expected in reference.items():
-    np.testing.assert_array_equal(checkpoint.tensors[name], expected, err_msg=name)
+    assert tensors[name].shape == expected.shape, name
+    np.testing.assert_array_equal(tensors[name].load(), expected, err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def imported_run(gguf_file, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("run")
+  convert.import_model(*hf_gguf.read_gguf(str(gguf_file)), str(workdir))
+  return loading.load_run(str(workdir))
+
+
+def test_logits_equal_transformers(imported_run, transformers_model):
+  import torch  # pylint: disable=g-import-not-at-top
+  vocab = transformers_model.config.vocab_size
+  tokens_BS = np.random.default_rng(0).integers(0, vocab, (2, 48))
+  with torch.no_grad():
+    expected = transformers_model(torch.as_tensor(tokens_BS)).logits.numpy()
+  ours = imported_run.model()(tokens_BS, positional=imported_run.positional())
+  np.testing.assert_allclose(np.asarray(ours), expected, atol=1e-5, rtol=0)
 
 
 def test_config_matches_transformers(gguf_file, transformers_model):
-  config = hf_gguf.read_gguf(str(gguf_file)).config
+  config, _, _ = hf_gguf.read_gguf(str(gguf_file))
   reference = transformers_model.config
   for key in ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads",
               "num_key_value_heads", "head_dim", "max_position_embeddings", "rms_norm_eps",
@@ -129,15 +151,15 @@ def test_config_matches_transformers(gguf_file, transformers_model):
 def test_tokenizer_ids_equal_transformers(gguf_file, tmp_path):
   transformers = pytest.importorskip("transformers")
   import tokenizers  # pylint: disable=g-import-not-at-top
-  files = hf_gguf.read_gguf(str(gguf_file)).tokenizer_files
-  ours = tokenizers.Tokenizer.from_str(files["tokenizer.json"])
+  _, _, files = hf_gguf.read_gguf(str(gguf_file))
+  ours = tokenizers.Tokenizer.from_str(files["tokenizer.json"].decode())
   reference = transformers.AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
   ids = ours.encode(MIXED_TEXT, add_special_tokens=False).ids
   assert ids == reference(MIXED_TEXT, add_special_tokens=False).input_ids
   assert ours.decode(ids, skip_special_tokens=False) == MIXED_TEXT
   # The written files load as a Hugging Face tokenizer with the same ids and special tokens.
-  for name, text in files.items():
-    (tmp_path / name).write_text(text)
+  for name, data in files.items():
+    (tmp_path / name).write_bytes(data)
   saved = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
   assert saved(MIXED_TEXT).input_ids == reference(MIXED_TEXT).input_ids
   assert (saved.bos_token, saved.eos_token, saved.unk_token) == (
@@ -147,7 +169,7 @@ def test_tokenizer_ids_equal_transformers(gguf_file, tmp_path):
 def test_bad_files_name_the_problem(tmp_path):
   not_gguf = tmp_path / "model.gguf"
   not_gguf.write_bytes(b"this is not a gguf file at all")
-  with pytest.raises(hf_gguf.GGUFError, match="GGUF"):
+  with pytest.raises(convert.HFError, match="GGUF"):
     hf_gguf.read_gguf(str(not_gguf))
   other = tmp_path / "other.gguf"
   w = gguf.GGUFWriter(str(other), "mamba")
@@ -155,5 +177,17 @@ def test_bad_files_name_the_problem(tmp_path):
   w.write_kv_data_to_file()
   w.write_tensors_to_file()
   w.close()
-  with pytest.raises(hf_gguf.GGUFError, match="architecture 'mamba'"):
+  with pytest.raises(convert.HFError, match="architecture 'mamba'"):
     hf_gguf.read_gguf(str(other))
+
+
+def test_cli_imports_a_gguf_file(tmp_path):
+  path = tmp_path / "model.gguf"
+  _write_llama_gguf(path, tied=True)
+  workdir = tmp_path / "run"
+  done = subprocess.run(
+      [sys.executable, "-m", "drope_jax.hf", "import", f"--hf={path}", f"--workdir={workdir}"],
+      capture_output=True, text=True, check=False)
+  assert done.returncode == 0, done.stderr
+  assert (workdir / "checkpoints" / "0").is_dir()
+  assert json.loads((workdir / "hf" / "config.json").read_text())["_name_or_path"] == str(path)

@@ -1,6 +1,6 @@
 """`python -m drope_jax.hf import|export`: Hugging Face checkpoints in and out.
 
-  python -m drope_jax.hf import --hf=DIR --workdir=W [--param_dtype=float32]
+  python -m drope_jax.hf import --hf=DIR|FILE.gguf --workdir=W [--param_dtype=float32]
       [--mesh=-1,1,1]
   python -m drope_jax.hf export --workdir=W [--step=N] --out=DIR [--dtype=bfloat16]
       [--max_shard_gb=5]
@@ -18,7 +18,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
-_HF = flags.DEFINE_string("hf", None, "import: the Hugging Face model directory.")
+_HF = flags.DEFINE_string("hf", None, "import: the Hugging Face model directory, or a "
+                          "llama.cpp .gguf file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory.")
 _PARAM_DTYPE = flags.DEFINE_enum("param_dtype", "float32", ["float32", "bfloat16"],
                                  "import: the run's master-weight dtype.")
@@ -46,12 +47,16 @@ def _import():
   from drope_jax.hf import convert  # pylint: disable=g-import-not-at-top
   from drope_jax.hf import importer  # pylint: disable=g-import-not-at-top
   if not _HF.value or not _WORKDIR.value:
-    raise convert.HFError("import needs --hf=DIR and --workdir=W")
+    raise convert.HFError("import needs --hf=DIR (or FILE.gguf) and --workdir=W")
   try:
     mesh = tuple(int(s) for s in _MESH.value)
   except ValueError as e:
     raise convert.HFError(f"--mesh={','.join(_MESH.value)}: give three integers") from e
-  hf_config, tensors, files = importer.read_directory(_HF.value)
+  if _HF.value.endswith(".gguf"):
+    from drope_jax.hf import gguf  # pylint: disable=g-import-not-at-top
+    hf_config, tensors, files = gguf.read_gguf(_HF.value)
+  else:
+    hf_config, tensors, files = importer.read_directory(_HF.value)
   config = convert.import_model(hf_config, tensors, files, _WORKDIR.value,
                                 param_dtype=_PARAM_DTYPE.value, mesh_shape=mesh)
   workdir = _WORKDIR.value

@@ -1,9 +1,10 @@
 """A llama.cpp GGUF file read as a Hugging Face checkpoint.
 
-`read_gguf(path)` gives what the Hugging Face importer consumes from a model
-directory: the `config.json` dict, the tensors under their Hugging Face names
-and layout (dequantized to float32 one at a time, when asked for) and the
-tokenizer files (`tokenizer.json` rebuilt from the GGUF tokenizer metadata).
+`read_gguf(path)` gives what `importer.read_directory` gives for a Hugging Face
+directory, the inputs of `convert.import_model`: the `config.json` dict, the
+tensors under their Hugging Face names and layout (LazyTensors, dequantized to
+float32 one at a time when loaded) and the tokenizer files (`tokenizer.json`
+rebuilt from the GGUF tokenizer metadata, `tokenizer_config.json`, ...).
 
 Two things llama.cpp changes on its way in are undone here:
   * names: `blk.N.attn_q.weight` is `model.layers.N.self_attn.q_proj.weight`;
@@ -13,14 +14,15 @@ Two things llama.cpp changes on its way in are undone here:
     converted without that permutation, so theirs are left as they are.
 """
 
-import collections.abc
-import dataclasses
+import functools
 import json
 import logging
 import re
 
 import gguf
 import numpy as np
+
+from drope_jax.hf import convert
 
 # GGUF `general.architecture` -> (Hugging Face model_type, architectures[0]).
 ARCHITECTURES = {
@@ -72,41 +74,38 @@ _SPLIT_REGEX["llama-bpe"] = _SPLIT_REGEX["llama3"]
 _GPT2_PRE = frozenset({"default", "gpt2", "gpt-2"})
 
 
-class GGUFError(ValueError):
-  """A GGUF file this importer cannot read; the message says why and what to do."""
+def read_gguf(path: str) -> tuple[dict, dict, dict]:
+  """(config.json as a dict, HF name -> LazyTensor, tokenizer file name -> bytes).
 
-
-@dataclasses.dataclass(frozen=True)
-class Checkpoint:
-  """A model as a Hugging Face directory would hold it.
-
-  config: the `config.json` dict.
-  tensors: Hugging Face name -> float32 array, read from the file on access.
-  tokenizer_files: file name -> contents (`tokenizer.json`, ...).
+  Metadata is read now; a tensor is dequantized when its LazyTensor is loaded.
   """
-  config: dict
-  tensors: collections.abc.Mapping
-  tokenizer_files: dict[str, str]
-
-
-def read_gguf(path: str) -> Checkpoint:
-  """Reads the GGUF file at `path` (metadata now, tensors on access)."""
+  if "://" in path:
+    raise convert.HFError(f"{path}: GGUF files are read from local disk; copy it here first")
   try:
     reader = gguf.GGUFReader(path)
   except (OSError, ValueError) as e:
-    raise GGUFError(f"cannot read {path} as a GGUF file ({e}); pass a llama.cpp .gguf model file.") from e
+    raise convert.HFError(f"cannot read {path} as a GGUF file ({e}); pass a llama.cpp .gguf model file.") from e
   meta = _Metadata(reader, path)
   arch = meta.get("general.architecture")
   if arch not in ARCHITECTURES:
-    raise GGUFError(
+    raise convert.HFError(
         f"{path} is a GGUF file of architecture {arch!r}; supported: {', '.join(sorted(ARCHITECTURES))}. "
         "Convert the model to one of those, or to a Hugging Face directory, first.")
   scaling = meta.get(f"{arch}.rope.scaling.type", "none")
   if scaling != "none":
-    raise GGUFError(f"{path} uses RoPE scaling {scaling!r}, which this importer does not read; use a file without it.")
+    raise convert.HFError(f"{path} uses RoPE scaling {scaling!r}, which this importer does not read; use a file without it.")
   config = _config(meta, arch, reader)
-  tensors = _Tensors(reader, config if arch in _PERMUTED_QK else None, path)
-  return Checkpoint(config, tensors, _tokenizer_files(meta, config))
+  config["_name_or_path"] = path
+  heads = None
+  if arch in _PERMUTED_QK:
+    heads = {"q_proj": config["num_attention_heads"], "k_proj": config["num_key_value_heads"]}
+  tensors = {}
+  for tensor in reader.tensors:
+    name = _hf_name(tensor.name, path)
+    tensors[name] = convert.LazyTensor(
+        shape=tuple(int(n) for n in reversed(tensor.shape)), dtype=np.dtype(np.float32),
+        load=functools.partial(_load, tensor, _heads_of(name, heads)))
+  return config, tensors, _tokenizer_files(meta, config)
 
 
 class _Metadata:
@@ -125,7 +124,7 @@ class _Metadata:
 
   def require(self, key: str):
     if key not in self._fields:
-      raise GGUFError(f"{self._path} has no metadata key {key!r}, which the model config needs; is the file complete?")
+      raise convert.HFError(f"{self._path} has no metadata key {key!r}, which the model config needs; is the file complete?")
     return self.get(key)
 
 
@@ -155,45 +154,30 @@ def _config(meta: _Metadata, arch: str, reader: gguf.GGUFReader) -> dict:
   return config
 
 
-class _Tensors(collections.abc.Mapping):
-  """Hugging Face name -> float32 array, dequantized from the file when read."""
+def _heads_of(name: str, heads: dict | None) -> int | None:
+  """The head count whose rotary rows llama.cpp interleaved in `name`, if it did."""
+  for proj, n in (heads or {}).items():
+    if f".self_attn.{proj}." in name:
+      return n
+  return None
 
-  def __init__(self, reader: gguf.GGUFReader, permute_config: dict | None, path: str):
-    self._by_name = {}
-    for tensor in reader.tensors:
-      self._by_name[_hf_name(tensor.name, path)] = tensor
-    self._heads = None
-    if permute_config is not None:
-      self._heads = {"q_proj": permute_config["num_attention_heads"],
-                     "k_proj": permute_config["num_key_value_heads"]}
 
-  def __getitem__(self, name: str) -> np.ndarray:
-    tensor = self._by_name[name]
-    try:
-      array_RC = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
-    except NotImplementedError as e:
-      raise GGUFError(
-          f"tensor {tensor.name} is stored as {tensor.tensor_type.name}, which gguf "
-          f"{_gguf_version()} cannot dequantize; requantize the file (e.g. to Q8_0) with llama.cpp.") from e
-    array_RC = np.asarray(array_RC, dtype=np.float32)
-    if self._heads is not None:
-      for proj, heads in self._heads.items():
-        if f".self_attn.{proj}." in name:
-          array_RC = _unpermute_rotary(array_RC, heads)
-    return array_RC
-
-  def __iter__(self):
-    return iter(self._by_name)
-
-  def __len__(self) -> int:
-    return len(self._by_name)
+def _load(tensor, heads: int | None) -> np.ndarray:
+  try:
+    array_RC = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+  except NotImplementedError as e:
+    raise convert.HFError(
+        f"tensor {tensor.name} is stored as {tensor.tensor_type.name}, which gguf "
+        f"{_gguf_version()} cannot dequantize; requantize the file (e.g. to Q8_0) with llama.cpp.") from e
+  array_RC = np.asarray(array_RC, dtype=np.float32)
+  return array_RC if heads is None else _unpermute_rotary(array_RC, heads)
 
 
 def _hf_name(gguf_name: str, path: str) -> str:
   for pattern, replacement in _TENSOR_NAMES:
     if re.fullmatch(pattern, gguf_name):
       return re.sub(pattern, replacement, gguf_name)
-  raise GGUFError(f"{path} has a tensor {gguf_name!r} this importer has no Hugging Face name for; "
+  raise convert.HFError(f"{path} has a tensor {gguf_name!r} this importer has no Hugging Face name for; "
                   "only plain Llama/Qwen2 decoders (no RoPE frequency factors, no MoE) are supported.")
 
 
@@ -209,11 +193,11 @@ def _gguf_version() -> str:
   return metadata.version("gguf")
 
 
-def _tokenizer_files(meta: _Metadata, config: dict) -> dict[str, str]:
+def _tokenizer_files(meta: _Metadata, config: dict) -> dict[str, bytes]:
   """`tokenizer.json`, `tokenizer_config.json`, `special_tokens_map.json`."""
   kind = meta.get("tokenizer.ggml.model")
   if kind != "gpt2":
-    raise GGUFError(f"the file's tokenizer is {kind!r}; only byte-level BPE ('gpt2') tokenizers are "
+    raise convert.HFError(f"the file's tokenizer is {kind!r}; only byte-level BPE ('gpt2') tokenizers are "
                     "supported. Import the model's Hugging Face directory instead.")
   tokens = meta.require("tokenizer.ggml.tokens")
   token_types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
@@ -238,11 +222,12 @@ def _tokenizer_files(meta: _Metadata, config: dict) -> dict[str, str]:
   chat_template = meta.get("tokenizer.chat_template")
   if chat_template is not None:
     tokenizer_config["chat_template"] = chat_template
-  return {
+  files = {
       "tokenizer.json": tokenizer.to_str(pretty=True),
       "tokenizer_config.json": json.dumps(tokenizer_config, indent=2, ensure_ascii=False),
       "special_tokens_map.json": json.dumps(special, indent=2, ensure_ascii=False),
   }
+  return {name: text.encode("utf-8") for name, text in files.items()}
 
 
 def _byte_level_bpe(tokens, merges, token_types, pre: str):
