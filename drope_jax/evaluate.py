@@ -116,6 +116,10 @@ def resolve_methods(run: loading.Run, requested, c: float | None) -> list[Method
   base = run.positional()
   allowed = METHODS[base.kind]
   what = f"{run.name} step {run.step} is a {KIND_NAMES[base.kind]} checkpoint"
+  if base.scaling != "none":  # its own RoPE scaling (an imported Llama 3.x, ...).
+    allowed = ("none",)
+    what += (f" with its own RoPE scaling ({base.scaling}), which evaluation-time "
+             "scalings would replace")
   if c is None and "temperature" in allowed:
     c = _saved_c(run)
   if list(requested) == ["auto"]:

@@ -45,18 +45,18 @@ def hf_model(name: str, seed: int = 0, **overrides):
   return model.eval()
 
 
-def tokenizer(directory: str):
-  """A byte-level BPE tokenizer with <s>, </s>, <pad>, saved into `directory`."""
+def tokenizer(directory: str, bos="<s>", eos="</s>", pad="<pad>"):
+  """A byte-level BPE tokenizer (ids 0, 1, 2: pad, bos, eos) saved into `directory`."""
   import tokenizers  # pylint: disable=g-import-not-at-top
   tok = tokenizers.Tokenizer(tokenizers.models.BPE())
   tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.decoder = tokenizers.decoders.ByteLevel()
   trainer = tokenizers.trainers.BpeTrainer(
-      vocab_size=VOCAB - 20, special_tokens=["<pad>", "<s>", "</s>"],
+      vocab_size=VOCAB - 20, special_tokens=[pad, bos, eos],
       initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
   tok.train_from_iterator([TEXT * 3], trainer)
   fast = transformers.PreTrainedTokenizerFast(
-      tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+      tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad)
   fast.save_pretrained(directory)
   return fast
 

@@ -63,6 +63,19 @@ def test_yarn_matches_hf_yarn(head_dim, theta, factor):
 
 
 @pytest.mark.parametrize("head_dim,theta,factor", GRID)
+def test_llama3_matches_hf_llama3(head_dim, theta, factor):
+  # Llama 3.1's own settings (low 1, high 4) and a narrower blend (2, 8).
+  for low, high in ((1.0, 4.0), (2.0, 8.0)):
+    reference = hf_frequencies(
+        head_dim, theta, "llama3", factor=factor, low_freq_factor=low,
+        high_freq_factor=high, original_max_position_embeddings=TRAIN_LEN // 4)
+    ours = rope_scaling.rope_frequencies(
+        head_dim, theta, "llama3", factor, original_max_len=TRAIN_LEN // 4,
+        low_freq_factor=low, high_freq_factor=high)
+    assert_same(ours, reference)
+
+
+@pytest.mark.parametrize("head_dim,theta,factor", GRID)
 def test_dynamic_ntk_matches_hf_dynamic(head_dim, theta, factor):
   for seq_len in (1, TRAIN_LEN, TRAIN_LEN + 1, 2 * TRAIN_LEN, 8 * TRAIN_LEN - 3):
     reference = hf_frequencies(

@@ -3,13 +3,15 @@
 `get_tokenizer(spec)` builds one from a spec string:
   "byte"                  256 byte values + BOS/EOS/PAD (259 ids), built in.
   "sentencepiece:PATH"    a SentencePiece model file (local or gs://).
-  "hf:PATH"               a Hugging Face `tokenizer.json` (local or gs://).
+  "hf:PATH"               a Hugging Face `tokenizer.json` (local or gs://); its special
+                          tokens come from a tokenizer_config.json next to it, if any.
 
 Every tokenizer pickles as its spec, so worker processes rebuild it themselves.
 """
 
 import abc
 import hashlib
+import json
 from collections.abc import Sequence
 
 from etils import epath
@@ -111,7 +113,11 @@ class SentencePieceTokenizer(Tokenizer):
 
 
 class HuggingFaceTokenizer(Tokenizer):
-  """A Hugging Face `tokenizers` JSON file (e.g. from `train_tokenizer`)."""
+  """A Hugging Face `tokenizers` JSON file (e.g. from `train_tokenizer`).
+
+  A pretrained model's tokenizer_config.json (same directory) names its EOS, BOS and
+  PAD tokens (Llama 3's `<|end_of_text|>`, ...); without one, common names are tried.
+  """
 
   def __init__(self, path: str):
     import tokenizers  # pylint: disable=g-import-not-at-top
@@ -120,15 +126,16 @@ class HuggingFaceTokenizer(Tokenizer):
     self._sha256 = hashlib.sha256(data).hexdigest()
     self._tok = tokenizers.Tokenizer.from_str(data.decode("utf-8"))
     self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
-    eos = _find_token(self._tok, _HF_EOS_NAMES)
+    named = _special_tokens(epath.Path(path).parent / "tokenizer_config.json")
+    eos = _find_token(self._tok, named.get("eos_token", ()) + _HF_EOS_NAMES)
     if eos is None:
       raise ValueError(
           f"Hugging Face tokenizer {path} has none of the EOS tokens "
           f"{', '.join(_HF_EOS_NAMES)}; the data pipeline ends every document "
           "with EOS. Add one as a special token.")
     self.eos_id = eos
-    bos = _find_token(self._tok, _HF_BOS_NAMES)
-    pad = _find_token(self._tok, _HF_PAD_NAMES)
+    bos = _find_token(self._tok, named.get("bos_token", ()) + _HF_BOS_NAMES)
+    pad = _find_token(self._tok, named.get("pad_token", ()) + _HF_PAD_NAMES)
     self.bos_id = eos if bos is None else bos
     self.pad_id = eos if pad is None else pad
 
@@ -170,6 +177,21 @@ def check_vocab(tokenizer: Tokenizer, model_vocab_size: int) -> None:
 
 def _round_up(n: int, multiple: int) -> int:
   return -(-n // multiple) * multiple
+
+
+def _special_tokens(config_path: epath.Path) -> dict[str, tuple[str, ...]]:
+  """{'eos_token': (name,), ...} from a tokenizer_config.json; {} without one."""
+  if not config_path.exists():
+    return {}
+  config = json.loads(config_path.read_text())
+  named = {}
+  for key in ("eos_token", "bos_token", "pad_token"):
+    token = config.get(key)
+    if isinstance(token, dict):  # older files: {"content": "</s>", ...}
+      token = token.get("content")
+    if isinstance(token, str):
+      named[key] = (token,)
+  return named
 
 
 def _find_token(tok, names: Sequence[str]) -> int | None:

@@ -94,9 +94,11 @@ def _check_tokenizer(tokenizer_files: Mapping[str, bytes], vocab_size: int, tmp:
       f.write(data)
   try:
     tokenizer = tokenizers.get_tokenizer(f"hf:{os.path.join(tmp, 'tokenizer.json')}")
-    tokenizers.check_vocab(tokenizer, vocab_size)
   except ValueError as e:
     raise HFError(str(e)) from e
+  if tokenizer.vocab_size > vocab_size:
+    raise HFError(f"tokenizer.json has {tokenizer.vocab_size} ids but config.json's "
+                  f"vocab_size is {vocab_size}: the tokenizer is not this model's")
 
 
 def _place(entry, tensor: LazyTensor, target: jax.ShapeDtypeStruct) -> jax.Array:
