@@ -1,7 +1,8 @@
 r"""The paper's in-the-wild DroPE workflow on a real pretrained model, end to end.
 
   python -m benchmarks.in_the_wild --out=DIR [--steps=20] [--seq_len=512] \
-      [--gguf=../shared/SmolLM2-135M-Instruct.Q4_1.gguf] [--corpus=../shared/corpus/nltk.jsonl.gz]
+      [--gguf=../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf] \
+      [--corpus=../shared/corpus/nltk.jsonl.gz]   (../shared: next to the repository)
 
 Every stage is a public command, run as a subprocess:
   1. import     python -m drope_jax.hf import --hf=MODEL.gguf --workdir=DIR/base
@@ -163,6 +164,9 @@ def main():
   out = os.path.abspath(args.out)
   if os.path.exists(out) and os.listdir(out):
     sys.exit(f"--out={out} is not empty: give a new directory")
+  for flag, path in (("--gguf", args.gguf), ("--corpus", args.corpus)):
+    if not os.path.exists(path):
+      sys.exit(f"{flag}={path} does not exist: pass the file's path")
   warmup = args.steps // 4 if args.warmup is None else args.warmup
   base, rebased, drope = (os.path.join(out, n) for n in ("base", "base_rebased", "drope"))
   data, export = os.path.join(out, "data"), os.path.join(out, "export")
