@@ -191,3 +191,20 @@ def test_cli_imports_a_gguf_file(tmp_path):
   assert done.returncode == 0, done.stderr
   assert (workdir / "checkpoints" / "0").is_dir()
   assert json.loads((workdir / "hf" / "config.json").read_text())["_name_or_path"] == str(path)
+
+
+def test_the_pre_tokenizer_is_the_files():
+  """`tokenizer.ggml.pre=smollm` splits digits one by one before BPE, as llama.cpp does."""
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  from drope_jax.hf import gguf_tokenizer  # pylint: disable=g-import-not-at-top
+  tokens, merges, types = _byte_level_bpe()
+  pieces = {}
+  for pre in ("gpt-2", "smollm"):
+    meta = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": tokens,
+            "tokenizer.ggml.merges": merges, "tokenizer.ggml.token_type": types,
+            "tokenizer.ggml.pre": pre}
+    files = gguf_tokenizer.tokenizer_files(lambda key, default, m=meta: m.get(key, default), 256)
+    tok = tokenizers.Tokenizer.from_str(files["tokenizer.json"].decode())
+    pieces[pre] = tok.encode("in 2024", add_special_tokens=False).tokens
+  assert pieces["smollm"][-4:] == ["2", "0", "2", "4"]
+  assert len(pieces["gpt-2"]) < len(pieces["smollm"])
