@@ -29,6 +29,7 @@ the recovery, not the recovered model.
 """
 
 import argparse
+import collections
 import json
 import os
 import subprocess
@@ -44,7 +45,8 @@ METHODS = ("rope", "pi", "ntk", "yarn")
 
 def _parse_args():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--out", required=True, help="output directory (new or empty)")
+  parser.add_argument("--out", required=True,
+                      help="output directory; an interrupted run's finishes it")
   parser.add_argument("--gguf", default=os.path.join(
       SHARED, "models", "SmolLM2-135M-Instruct.Q4_1.gguf"))
   parser.add_argument("--corpus", default=os.path.join(SHARED, "corpus", "nltk.jsonl.gz"))
@@ -60,25 +62,37 @@ def _parse_args():
 
 
 class Runner:
-  """Runs `python -m ...` commands in the repository, logging each to DIR/logs/."""
+  """Runs `python -m ...` stages in the repository, each logged to DIR/logs/.
+
+  A stage whose output already exists is skipped, so rerunning on the same --out
+  finishes an interrupted run; stage times persist in DIR/logs/seconds.json.
+  """
 
   def __init__(self, out: str):
     self.logs = os.path.join(out, "logs")
     os.makedirs(self.logs, exist_ok=True)
+    self._times = os.path.join(self.logs, "seconds.json")
     self.seconds = {}
+    if os.path.exists(self._times):
+      with open(self._times) as f:
+        self.seconds = json.load(f)
 
-  def __call__(self, name: str, module: str, *args: str) -> str:
+  def __call__(self, name: str, output: str, module: str, *args: str) -> None:
+    if os.path.exists(output):
+      print(f"[{name}] done before ({output} exists)", flush=True)
+      return
     command = [sys.executable, "-m", module, *args]
     print(f"[{name}] {' '.join(command[1:])}", flush=True)
     started = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
-    self.seconds[name] = time.perf_counter() - started
     with open(os.path.join(self.logs, f"{name}.log"), "w") as f:
       f.write(f"$ {' '.join(command)}\n{done.stdout}\n{done.stderr}")
     if done.returncode:
       sys.exit(f"[{name}] failed with exit code {done.returncode}:\n{done.stderr[-3000:]}")
+    self.seconds[name] = time.perf_counter() - started
+    with open(self._times, "w") as f:
+      json.dump(self.seconds, f)
     print(f"[{name}] {self.seconds[name]:.0f} s", flush=True)
-    return done.stdout
 
 
 def _metrics(workdir: str) -> list[dict]:
@@ -162,8 +176,6 @@ def _niah_table(rows: list[tuple[str, dict | None]], lengths: list[int]) -> list
 def main():
   args = _parse_args()
   out = os.path.abspath(args.out)
-  if os.path.exists(out) and os.listdir(out):
-    sys.exit(f"--out={out} is not empty: give a new directory")
   for flag, path in (("--gguf", args.gguf), ("--corpus", args.corpus)):
     if not os.path.exists(path):
       sys.exit(f"{flag}={path} does not exist: pass the file's path")
@@ -172,26 +184,36 @@ def main():
   data, export = os.path.join(out, "data"), os.path.join(out, "export")
   run = Runner(out)
 
-  run("import", "drope_jax.hf", "import", f"--hf={args.gguf}", f"--workdir={base}")
-  run("prepare", "drope_jax.data.prepare", f"--input={args.corpus}", f"--output={data}",
+  ckpt = lambda workdir, step: os.path.join(workdir, "checkpoints", str(step))
+  evaluated = lambda workdir: os.path.join(workdir, "eval", "report.md")
+  run("import", ckpt(base, 0),
+      "drope_jax.hf", "import", f"--hf={args.gguf}", f"--workdir={base}")
+  run("prepare", os.path.join(data, "manifest.json"),
+      "drope_jax.data.prepare", f"--input={args.corpus}", f"--output={data}",
       f"--tokenizer=hf:{base}/hf/tokenizer.json", "--workers=2")
-  run("rebase", "drope_jax.train", *_train_flags(args, base, rebased, data, 1),
+  run("rebase", ckpt(rebased, 1),
+      "drope_jax.train", *_train_flags(args, base, rebased, data, 1),
       "--config.train.lr=0", "--config.train.warmup_steps=0")
-  run("eval_base", "drope_jax.evaluate", *_eval_flags(args, rebased, "none,pi,ntk,yarn"))
-  run("drope", "drope_jax.train", *_train_flags(args, base, drope, data, args.steps),
+  run("eval_base", evaluated(rebased),
+      "drope_jax.evaluate", *_eval_flags(args, rebased, "none,pi,ntk,yarn"))
+  run("drope", ckpt(drope, args.steps),
+      "drope_jax.train", *_train_flags(args, base, drope, data, args.steps),
       "--config.model.pos_emb=nope", "--config.model.qk_norm=q",
       f"--config.train.lr={args.lr}", f"--config.train.warmup_steps={warmup}")
-  run("eval_drope", "drope_jax.evaluate", *_eval_flags(args, drope, "none"))
-  run("export", "drope_jax.hf", "export", f"--workdir={drope}", f"--out={export}",
-      "--dtype=float32")
+  run("eval_drope", evaluated(drope),
+      "drope_jax.evaluate", *_eval_flags(args, drope, "none"))
+  run("export", os.path.join(export, "config.json"),
+      "drope_jax.hf", "export", f"--workdir={drope}", f"--out={export}", "--dtype=float32")
   check = _export_check(drope, export, args.seq_len)
 
   base_metrics, drope_metrics = _metrics(rebased), _metrics(drope)
-  rope_loss = base_metrics[0]["loss"]
-  step_s = run.seconds["drope"] / args.steps  # includes start-up and compilation.
   tokens_per_step = args.batch_size * args.seq_len
+  rope_loss = base_metrics[0]["loss"]
+  seconds = collections.defaultdict(lambda: float("nan"), run.seconds)
+  steady = [m["tokens_per_sec"] for m in drope_metrics[1:]] or [float("nan")]
+  step_s = tokens_per_step / float(np.mean(steady))
   lengths = [args.seq_len, 2 * args.seq_len]
-  base_rows = [(f"SmolLM2-135M (RoPE)", _eval_json(rebased, "perplexity", m))
+  base_rows = [("SmolLM2-135M (RoPE)", _eval_json(rebased, "perplexity", m))
                for m in METHODS]
   drope_rows = [(f"DroPE, {args.steps} steps", _eval_json(drope, "perplexity", "nope"))]
   niah_rows = ([("SmolLM2-135M (RoPE)", _eval_json(rebased, "niah", m)) for m in METHODS]
@@ -209,7 +231,7 @@ def main():
       "start of its recovery, not a recovered model.", "",
       "## Perplexity (held-out split)", "",
       *_perplexity_table(base_rows + drope_rows), "",
-      f"## NIAH (single needle, depths 0 / 0.5 / 1, success (trials))", "",
+      "## NIAH (single needle, depths 0 / 0.5 / 1, success (trials))", "",
       *_niah_table(niah_rows, lengths), "",
       "## Recalibration (DroPE + QK-norm on q, fresh AdamW, "
       f"lr {args.lr:g}, warmup {warmup}, cosine)", "",
@@ -217,11 +239,12 @@ def main():
       f"- the same batch right after dropping RoPE (step 0, before any update): "
       f"{drope_metrics[0]['loss']:.3f}",
       f"- after {args.steps} steps: {drope_metrics[-1]['loss']:.3f}",
-      f"- wall time: {run.seconds['drope']:.0f} s for {args.steps} steps "
-      f"({step_s:.1f} s/step including start-up and compilation; the 1-step re-base run "
-      f"took {run.seconds['rebase']:.0f} s)", "",
+      f"- step time after the first (compiling) step: {step_s:.1f} s "
+      f"({tokens_per_step / step_s:.0f} tokens/s); wall time {seconds['drope']:.0f} s for "
+      f"{args.steps} steps with start-up and compilation (the 1-step re-base run: "
+      f"{seconds['rebase']:.0f} s)", "",
       "| step | loss | lr | grad norm |", "|---:|---:|---:|---:|",
-      *(f"| {m['step']} | {m['loss']:.3f} | {m['lr']:.2e} | {m.get('grad_norm', float('nan')):.2f} |"
+      *(f"| {m['step']} | {m['loss']:.3f} | {m['lr']:.2e} | {m['grad_norm']:.2f} |"
         for m in drope_metrics), "",
       "## Export", "",
       f"`python -m drope_jax.hf export` wrote `{export}`; transformers "
@@ -230,7 +253,7 @@ def main():
       f"(max |logit| {check['max_abs_logit']:.1f}).", "",
       "## Wall time per stage (s)", "",
       "| " + " | ".join(run.seconds) + " |", "|" + "---:|" * len(run.seconds),
-      "| " + " | ".join(f"{s:.0f}" for s in run.seconds.values()) + " |", "",
+      "| " + " | ".join(f"{t:.0f}" for t in run.seconds.values()) + " |", "",
   ]
   with open(os.path.join(out, "report.md"), "w") as f:
     f.write("\n".join(report))

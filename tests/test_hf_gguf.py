@@ -153,7 +153,8 @@ def test_tokenizer_ids_equal_transformers(gguf_file, tmp_path):
   import tokenizers  # pylint: disable=g-import-not-at-top
   _, _, files = hf_gguf.read_gguf(str(gguf_file))
   ours = tokenizers.Tokenizer.from_str(files["tokenizer.json"].decode())
-  reference = transformers.AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
+  reference = transformers.AutoTokenizer.from_pretrained(
+      str(gguf_file.parent), gguf_file=gguf_file.name)
   ids = ours.encode(MIXED_TEXT, add_special_tokens=False).ids
   assert ids == reference(MIXED_TEXT, add_special_tokens=False).input_ids
   assert ours.decode(ids, skip_special_tokens=False) == MIXED_TEXT
