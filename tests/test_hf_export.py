@@ -19,7 +19,7 @@ from drope_jax.model import positional as positional_lib
 from tests import helpers
 from tests import hf_models
 from tests.test_hf_import import hf_logits
-from tests.test_hf_import import import_dir
+from tests.test_hf_import import imported
 
 _SAME_KEYS = ("architectures", "model_type", "vocab_size", "hidden_size",
               "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -29,11 +29,11 @@ _SAME_KEYS = ("architectures", "model_type", "vocab_size", "hidden_size",
 
 
 @pytest.mark.parametrize("name", ["qwen2", "qwen3", "llama3"])
-def test_round_trip_is_bitwise_and_loads_in_transformers(name, tmp_path):
-  source, out = tmp_path / "source", tmp_path / "out"
-  model = hf_models.save(name, str(source))
-  import_dir(source, tmp_path / "run")
-  files = export.export(str(tmp_path / "run"), str(out))
+def test_round_trip_is_bitwise_and_loads_in_transformers(name, tmp_path,
+                                                         tmp_path_factory):
+  model, run, source = imported(name, tmp_path_factory)
+  out = tmp_path / "out"
+  files = export.export(run.workdir, str(out))
   assert "tokenizer.json" in files and "modeling_drope.py" not in files
 
   before = safetensors.numpy.load_file(str(source / "model.safetensors"))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from drope_jax.eval import loading
+from drope_jax.hf import common
 from drope_jax.hf import convert
 from drope_jax.hf import gguf as hf_gguf
 
@@ -170,7 +171,7 @@ def test_tokenizer_ids_equal_transformers(gguf_file, tmp_path):
 def test_bad_files_name_the_problem(tmp_path):
   not_gguf = tmp_path / "model.gguf"
   not_gguf.write_bytes(b"this is not a gguf file at all")
-  with pytest.raises(convert.HFError, match="GGUF"):
+  with pytest.raises(common.HFError, match="GGUF"):
     hf_gguf.read_gguf(str(not_gguf))
   other = tmp_path / "other.gguf"
   w = gguf.GGUFWriter(str(other), "mamba")
@@ -178,7 +179,7 @@ def test_bad_files_name_the_problem(tmp_path):
   w.write_kv_data_to_file()
   w.write_tensors_to_file()
   w.close()
-  with pytest.raises(convert.HFError, match="architecture 'mamba'"):
+  with pytest.raises(common.HFError, match="architecture 'mamba'"):
     hf_gguf.read_gguf(str(other))
 
 

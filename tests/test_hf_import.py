@@ -33,19 +33,20 @@ _IMPORTED = {}
 
 
 def imported(name, tmp_path_factory):
-  """(the transformers model, our restored run) of architecture `name`, once per module."""
+  """(transformers model, our restored run, source directory) of architecture `name`,
+  built once per test process (tests/test_hf_export.py exports these runs too)."""
   if name not in _IMPORTED:
     source = tmp_path_factory.mktemp(name)
     model = hf_models.save(name, str(source))
     workdir = tmp_path_factory.mktemp(name + "_run")
     import_dir(source, workdir)
-    _IMPORTED[name] = model, loading.load_run(str(workdir))
+    _IMPORTED[name] = model, loading.load_run(str(workdir)), source
   return _IMPORTED[name]
 
 
 @pytest.mark.parametrize("name,lengths", CASES, ids=[c[0] for c in CASES])
 def test_logits_equal_transformers(name, lengths, tmp_path_factory):
-  hf_model, run = imported(name, tmp_path_factory)
+  hf_model, run, _ = imported(name, tmp_path_factory)
   ours = run.model()
   for length in lengths:
     tokens_BS = np.random.default_rng(length).integers(0, hf_models.VOCAB, (2, length))
@@ -58,7 +59,7 @@ def test_logits_equal_transformers(name, lengths, tmp_path_factory):
 # (per-head QK-norm; scaled RoPE with tied embeddings), to 38 tokens, past the context.
 @pytest.mark.parametrize("name", ["qwen3", "llama3"])
 def test_greedy_generation_equals_transformers(name, tmp_path_factory):
-  hf_model, run = imported(name, tmp_path_factory)
+  hf_model, run, _ = imported(name, tmp_path_factory)
   prompt = np.random.default_rng(1).integers(3, hf_models.VOCAB, 6).astype(np.int32)
   with torch.no_grad():
     expected = hf_model.generate(
@@ -71,7 +72,7 @@ def test_greedy_generation_equals_transformers(name, tmp_path_factory):
 
 
 def test_the_run_config_names_the_context_and_the_tokenizer(tmp_path_factory):
-  _, run = imported("llama3", tmp_path_factory)
+  _, run, _ = imported("llama3", tmp_path_factory)
   assert run.config.train.seq_len == hf_models.CONTEXT
   assert run.config.data.tokenizer.endswith("/hf/tokenizer.json")
   assert run.tokenizer().eos_id == 2 and run.phase == "pretrain"

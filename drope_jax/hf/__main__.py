@@ -18,6 +18,12 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from drope_jax.eval import loading
+from drope_jax.hf import convert
+from drope_jax.hf import export
+from drope_jax.hf import gguf
+from drope_jax.hf import importer
+
 _HF = flags.DEFINE_string("hf", None, "import: the Hugging Face model directory, or a "
                           "llama.cpp .gguf file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory.")
@@ -44,8 +50,6 @@ def recalibrate_command(workdir: str, config) -> str:
 
 
 def _import():
-  from drope_jax.hf import convert  # pylint: disable=g-import-not-at-top
-  from drope_jax.hf import importer  # pylint: disable=g-import-not-at-top
   if not _HF.value or not _WORKDIR.value:
     raise convert.HFError("import needs --hf=DIR (or FILE.gguf) and --workdir=W")
   try:
@@ -53,7 +57,6 @@ def _import():
   except ValueError as e:
     raise convert.HFError(f"--mesh={','.join(_MESH.value)}: give three integers") from e
   if _HF.value.endswith(".gguf"):
-    from drope_jax.hf import gguf  # pylint: disable=g-import-not-at-top
     hf_config, tensors, files = gguf.read_gguf(_HF.value)
   else:
     hf_config, tensors, files = importer.read_directory(_HF.value)
@@ -68,8 +71,6 @@ def _import():
 
 
 def _export():
-  from drope_jax.hf import convert  # pylint: disable=g-import-not-at-top
-  from drope_jax.hf import export  # pylint: disable=g-import-not-at-top
   if not _WORKDIR.value or not _OUT.value:
     raise convert.HFError("export needs --workdir=W and --out=DIR")
   files = export.export(_WORKDIR.value, _OUT.value, step=_STEP.value, dtype=_DTYPE.value,
@@ -79,14 +80,15 @@ def _export():
 
 def main(argv):
   logging.set_verbosity(logging.ERROR)  # orbax is chatty.
-  from drope_jax.eval import loading  # pylint: disable=g-import-not-at-top
-  from drope_jax.hf import convert  # pylint: disable=g-import-not-at-top
   if len(argv) != 2 or argv[1] not in COMMANDS:
     print(f"usage: python -m drope_jax.hf {{{'|'.join(COMMANDS)}}} --flags...",
           file=sys.stderr)
     sys.exit(2)
   try:
-    _import() if argv[1] == "import" else _export()
+    if argv[1] == "import":
+      _import()
+    else:
+      _export()
   except (convert.HFError, loading.RunError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

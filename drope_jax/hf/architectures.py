@@ -8,7 +8,7 @@ RoPE); they differ in a few switches:
   Qwen3ForCausalLM    per-head RMSNorm of q and k (model.qk_norm=head_qk)
 """
 
-from drope_jax.hf import convert
+from drope_jax.hf.common import HFError
 
 SUPPORTED = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
              "Qwen3ForCausalLM")
@@ -21,7 +21,7 @@ _YARN_DEFAULTS = {"beta_fast": 32.0, "beta_slow": 1.0}
 
 
 def _fail(message: str):
-  raise convert.HFError(message)
+  raise HFError(message)
 
 
 def rope_parameters(hf_config: dict) -> dict:
@@ -45,7 +45,7 @@ def architecture(hf_config: dict) -> str:
 def to_model_keys(hf_config: dict) -> tuple[dict, int]:
   """(model.* overrides, the model's original context length) of an HF config.
 
-  Raises convert.HFError for settings this framework does not run.
+  Raises HFError for settings this framework does not run.
   """
   arch = architecture(hf_config)
   c = hf_config

@@ -17,15 +17,14 @@ WORKDIR/config.json + config.py (the implied run config). Every check runs befor
 anything is written: HFError means nothing was written.
 """
 
-import dataclasses
 import json
 import os
-from collections.abc import Callable, Mapping
+import tempfile
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from etils import epath
 
 from drope_jax import checkpoint
@@ -35,24 +34,14 @@ from drope_jax import optim
 from drope_jax import parallel
 from drope_jax import train_step
 from drope_jax.data import tokenizers
+from drope_jax.hf import architectures
+from drope_jax.hf import tensors as tensors_lib
+from drope_jax.hf.common import HFError, LazyTensor
 
 SOURCE_DIR = "hf"  # WORKDIR/hf: the source's config.json and tokenizer files.
 
 
-class HFError(ValueError):
-  """Input that cannot be imported or exported; the message names the fix."""
-
-
-@dataclasses.dataclass(frozen=True)
-class LazyTensor:
-  """A tensor whose shape is known now and whose values are read on `load()`."""
-  shape: tuple[int, ...]
-  dtype: np.dtype
-  load: Callable[[], np.ndarray]
-
-
 def _run_config(hf_config: dict, workdir: str, *, param_dtype: str, mesh_shape):
-  from drope_jax.hf import architectures  # pylint: disable=g-import-not-at-top
   model_keys, context = architectures.to_model_keys(hf_config)
   config = config_lib.base_config("rope")
   config.model.update(model_keys)
@@ -113,7 +102,6 @@ def import_model(hf_config: dict, tensors: Mapping[str, LazyTensor],
                  param_dtype: str = "float32", mesh_shape=(-1, 1, 1),
                  devices=None) -> ml_collections.ConfigDict:
   """Writes WORKDIR as a step-0 RoPE run holding the HF model; returns its config."""
-  from drope_jax.hf import tensors as tensors_lib  # pylint: disable=g-import-not-at-top
   if not gcs.is_remote(workdir):
     workdir = os.path.abspath(workdir)
   ckpt_dir = epath.Path(workdir) / "checkpoints"
@@ -127,7 +115,6 @@ def import_model(hf_config: dict, tensors: Mapping[str, LazyTensor],
     raise HFError(str(e)) from e
   entries = tensors_lib.entries(config.model)
   _check_tensors(entries, tensors, config.model)
-  import tempfile  # pylint: disable=g-import-not-at-top
   with tempfile.TemporaryDirectory() as tmp:
     _check_tokenizer(tokenizer_files, config.model.vocab_size, tmp)
 
@@ -144,12 +131,13 @@ def import_model(hf_config: dict, tensors: Mapping[str, LazyTensor],
     step = jax.device_put(jnp.zeros((), jnp.int32), built.state_shardings.step)
   state = train_step.TrainState(step=step, params=params, opt_state=opt_state)
 
-  source = epath.Path(workdir) / SOURCE_DIR
-  source.mkdir(parents=True, exist_ok=True)
-  (source / "config.json").write_text(json.dumps(hf_config, indent=2))
-  for name, data in tokenizer_files.items():
-    (source / name).write_bytes(data)
-  _write_run_config(epath.Path(workdir), config)
+  if jax.process_index() == 0:
+    source = epath.Path(workdir) / SOURCE_DIR
+    source.mkdir(parents=True, exist_ok=True)
+    (source / "config.json").write_text(json.dumps(hf_config, indent=2))
+    for name, data in tokenizer_files.items():
+      (source / name).write_bytes(data)
+    _write_run_config(epath.Path(workdir), config)
   ckpt = checkpoint.Checkpointer(str(ckpt_dir), config.checkpoint)
   meta = dict(step=0, phase="pretrain", tokens_seen=0,
               code_version=checkpoint.code_version(), config=config.to_dict(),

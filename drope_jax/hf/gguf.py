@@ -19,7 +19,7 @@ import re
 import gguf
 import numpy as np
 
-from drope_jax.hf import convert
+from drope_jax.hf import common
 from drope_jax.hf import gguf_tokenizer
 
 # GGUF `general.architecture` -> (Hugging Face model_type, architecture).
@@ -58,21 +58,21 @@ _TENSOR_NAMES = (
 def read_gguf(path: str) -> tuple[dict, dict, dict]:
   """(config.json as a dict, HF name -> LazyTensor, tokenizer file name -> bytes)."""
   if "://" in path:
-    raise convert.HFError(f"{path}: GGUF files are read from local disk; copy it here first")
+    raise common.HFError(f"{path}: GGUF files are read from local disk; copy it here first")
   try:
     reader = gguf.GGUFReader(path)
   except (OSError, ValueError) as e:
-    raise convert.HFError(f"cannot read {path} as a GGUF file ({e}): pass a llama.cpp "
+    raise common.HFError(f"cannot read {path} as a GGUF file ({e}): pass a llama.cpp "
                           ".gguf model file") from e
   meta = functools.partial(_metadata, reader, path)
   arch = meta("general.architecture", None)
   if arch not in ARCHITECTURES:
-    raise convert.HFError(
+    raise common.HFError(
         f"{path} is a GGUF file of architecture {arch!r}; supported: "
         f"{', '.join(sorted(ARCHITECTURES))}")
   scaling = meta(f"{arch}.rope.scaling.type", "none")
   if scaling != "none":
-    raise convert.HFError(f"{path} has RoPE scaling {scaling!r}, which this importer does "
+    raise common.HFError(f"{path} has RoPE scaling {scaling!r}, which this importer does "
                           "not read: import the model's Hugging Face directory instead")
   tensor_names = [t.name for t in reader.tensors]
   config = _config(meta, arch, tensor_names)
@@ -85,7 +85,7 @@ def read_gguf(path: str) -> tuple[dict, dict, dict]:
   for tensor in reader.tensors:
     name = _hf_name(tensor.name, path)
     rotary_heads = next((n for proj, n in heads.items() if f".{proj}." in name), None)
-    tensors[name] = convert.LazyTensor(
+    tensors[name] = common.LazyTensor(
         shape=tuple(int(n) for n in reversed(tensor.shape)),  # GGUF lists dims inner first.
         dtype=np.dtype(np.float32), load=functools.partial(_load, tensor, rotary_heads))
   files = gguf_tokenizer.tokenizer_files(meta, config["max_position_embeddings"])
@@ -101,7 +101,7 @@ def _metadata(reader, path: str, key: str, default=_MISSING):
   if field is not None:
     return field.contents()
   if default is _MISSING:
-    raise convert.HFError(f"{path} has no metadata key {key!r}, which the model config "
+    raise common.HFError(f"{path} has no metadata key {key!r}, which the model config "
                           "needs: is the file complete?")
   return default
 
@@ -134,7 +134,7 @@ def _hf_name(gguf_name: str, path: str) -> str:
   for pattern, replacement in _TENSOR_NAMES:
     if re.fullmatch(pattern, gguf_name):
       return re.sub(pattern, replacement, gguf_name)
-  raise convert.HFError(
+  raise common.HFError(
       f"{path} has a tensor {gguf_name!r} with no Hugging Face name here: only plain "
       "Llama / Qwen2 decoders (no RoPE frequency factors, no MoE) are supported")
 
@@ -144,7 +144,7 @@ def _load(tensor, rotary_heads: int | None) -> np.ndarray:
   try:
     w_RC = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
   except NotImplementedError as e:
-    raise convert.HFError(
+    raise common.HFError(
         f"tensor {tensor.name} is {tensor.tensor_type.name}, which gguf "
         f"{importlib.metadata.version('gguf')} cannot dequantize: requantize the file "
         "(e.g. to Q8_0) with llama.cpp") from e

@@ -16,7 +16,7 @@ from tokenizers import models
 from tokenizers import pre_tokenizers
 from tokenizers import processors
 
-from drope_jax.hf import convert
+from drope_jax.hf import common
 
 # `tokenizer.ggml.token_type` values (llama.cpp's llama_token_type).
 _NORMAL, _CONTROL, _USER_DEFINED = 1, 3, 4
@@ -43,13 +43,13 @@ def tokenizer_files(meta, context: int) -> dict[str, bytes]:
   """
   kind = meta("tokenizer.ggml.model", None)
   if kind != "gpt2":
-    raise convert.HFError(
+    raise common.HFError(
         f"the file's tokenizer is {kind!r}; only byte-level BPE ('gpt2') tokenizers are "
         "supported: import the model's Hugging Face directory instead")
   tokens = meta("tokenizer.ggml.tokens", None)
   merges = meta("tokenizer.ggml.merges", None)
   if tokens is None or merges is None:
-    raise convert.HFError("the file's tokenizer has no tokens or no merges: is it complete?")
+    raise common.HFError("the file's tokenizer has no tokens or no merges: is it complete?")
   token_types = meta("tokenizer.ggml.token_type", None) or [_NORMAL] * len(tokens)
   tokenizer = _byte_level_bpe(tokens, merges, token_types,
                               meta("tokenizer.ggml.pre", "default"))
@@ -62,7 +62,7 @@ def tokenizer_files(meta, context: int) -> dict[str, bytes]:
   add_eos = bool(meta("tokenizer.ggml.add_eos_token", False))
   for role, wanted in (("bos_token", add_bos), ("eos_token", add_eos)):
     if wanted and role not in special:
-      raise convert.HFError(f"the file's tokenizer adds a {role} but names none: is it complete?")
+      raise common.HFError(f"the file's tokenizer adds a {role} but names none: is it complete?")
   tokenizer.post_processor = _post_processor(tokenizer, special, add_bos, add_eos)
   config = {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": add_bos,
             "add_eos_token": add_eos, "model_max_length": context, **special}

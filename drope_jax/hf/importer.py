@@ -4,6 +4,7 @@ import json
 
 from etils import epath
 
+from drope_jax.hf import architectures
 from drope_jax.hf import convert
 from drope_jax.hf import safetensors_io
 
@@ -20,7 +21,6 @@ def read_directory(directory) -> tuple[dict, dict, dict]:
                           "Hugging Face model (config.json, *.safetensors, tokenizer.json)")
   hf_config = json.loads((directory / "config.json").read_text())
   # The architecture is checked first: its message beats one about missing files.
-  from drope_jax.hf import architectures  # pylint: disable=g-import-not-at-top
   architectures.to_model_keys(hf_config)
   tensors = safetensors_io.open_checkpoint(directory)
   files = {name: (directory / name).read_bytes() for name in TOKENIZER_FILES

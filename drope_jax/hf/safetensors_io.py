@@ -15,7 +15,7 @@ import ml_dtypes
 import numpy as np
 from etils import epath
 
-from drope_jax.hf import convert
+from drope_jax.hf.common import HFError, LazyTensor
 
 _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
            "BF16": ml_dtypes.bfloat16, "I64": np.int64, "I32": np.int32,
@@ -41,10 +41,10 @@ def _load(path: epath.Path, start: int, entry: dict) -> np.ndarray:
   return np.frombuffer(data, _DTYPES[entry["dtype"]]).reshape(entry["shape"])
 
 
-def open_checkpoint(directory) -> dict[str, convert.LazyTensor]:
+def open_checkpoint(directory) -> dict[str, LazyTensor]:
   """name -> LazyTensor for model.safetensors or the shards its index lists.
 
-  Raises convert.HFError when a listed shard is missing or unreadable.
+  Raises HFError when a listed shard is missing or unreadable.
   """
   directory = epath.Path(directory)
   if (directory / INDEX).exists():
@@ -53,24 +53,24 @@ def open_checkpoint(directory) -> dict[str, convert.LazyTensor]:
   elif (directory / SINGLE).exists():
     files = [SINGLE]
   else:
-    raise convert.HFError(
+    raise HFError(
         f"{directory} has neither {SINGLE} nor {INDEX}: give the directory of a Hugging "
         "Face checkpoint (safetensors weights; convert .bin checkpoints first)")
   tensors = {}
   for name in files:
     path = directory / name
     if not path.exists():
-      raise convert.HFError(f"shard {path} listed in {INDEX} is missing: download "
+      raise HFError(f"shard {path} listed in {INDEX} is missing: download "
                                  "the whole checkpoint")
     try:
       header, start = _read_header(path)
     except (OSError, ValueError, struct.error) as e:
-      raise convert.HFError(f"{path} is not a readable safetensors file ({e})") from e
+      raise HFError(f"{path} is not a readable safetensors file ({e})") from e
     for tensor_name, entry in header.items():
       if entry["dtype"] not in _DTYPES:
-        raise convert.HFError(f"{path}: tensor {tensor_name} has unsupported dtype "
+        raise HFError(f"{path}: tensor {tensor_name} has unsupported dtype "
                                    f"{entry['dtype']}")
-      tensors[tensor_name] = convert.LazyTensor(
+      tensors[tensor_name] = LazyTensor(
           shape=tuple(entry["shape"]), dtype=np.dtype(_DTYPES[entry["dtype"]]),
           load=lambda path=path, start=start, entry=entry: _load(path, start, entry))
   return tensors
