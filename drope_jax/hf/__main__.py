@@ -1,6 +1,6 @@
 """`python -m drope_jax.hf import|export`: Hugging Face checkpoints in and out.
 
-  python -m drope_jax.hf import --hf=DIR --workdir=W [--param_dtype=float32]
+  python -m drope_jax.hf import --hf=DIR|FILE.gguf --workdir=W [--param_dtype=float32]
       [--mesh=-1,1,1]
   python -m drope_jax.hf export --workdir=W [--step=N] --out=DIR [--dtype=bfloat16]
       [--max_shard_gb=5]
@@ -21,9 +21,11 @@ from absl import logging
 from drope_jax.eval import loading
 from drope_jax.hf import convert
 from drope_jax.hf import export
+from drope_jax.hf import gguf
 from drope_jax.hf import importer
 
-_HF = flags.DEFINE_string("hf", None, "import: the Hugging Face model directory.")
+_HF = flags.DEFINE_string("hf", None, "import: the Hugging Face model directory, or a "
+                          "llama.cpp .gguf file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory.")
 _PARAM_DTYPE = flags.DEFINE_enum("param_dtype", "float32", ["float32", "bfloat16"],
                                  "import: the run's master-weight dtype.")
@@ -49,12 +51,15 @@ def recalibrate_command(workdir: str, config) -> str:
 
 def _import():
   if not _HF.value or not _WORKDIR.value:
-    raise convert.HFError("import needs --hf=DIR and --workdir=W")
+    raise convert.HFError("import needs --hf=DIR (or FILE.gguf) and --workdir=W")
   try:
     mesh = tuple(int(s) for s in _MESH.value)
   except ValueError as e:
     raise convert.HFError(f"--mesh={','.join(_MESH.value)}: give three integers") from e
-  hf_config, tensors, files = importer.read_directory(_HF.value)
+  if _HF.value.endswith(".gguf"):
+    hf_config, tensors, files = gguf.read_gguf(_HF.value)
+  else:
+    hf_config, tensors, files = importer.read_directory(_HF.value)
   config = convert.import_model(hf_config, tensors, files, _WORKDIR.value,
                                 param_dtype=_PARAM_DTYPE.value, mesh_shape=mesh)
   workdir = _WORKDIR.value
