@@ -27,13 +27,14 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
+from drope_jax import errors
 from drope_jax import gcs
 
 STATE, DATA_ITER, META = "state", "data_iter", "meta"
 FINGERPRINTS = "fingerprints"  # META key: {array path: [dtype, fingerprint]}.
 
 
-class RestoreError(RuntimeError):
+class RestoreError(errors.BadInput, RuntimeError):
   """No checkpoint of a run restores."""
 
 
@@ -129,7 +130,7 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         preservation_policy=_preservation(ckpt_config, keep_steps),
         enable_async_checkpointing=bool(ckpt_config.async_save),
-        create=not read_only,
+        create=False,  # made at the first save: a refused run leaves no directory.
         read_only=read_only,
     )
     self.manager = ocp.CheckpointManager(
@@ -139,6 +140,7 @@ class Checkpointer:
                        META: ocp.JsonCheckpointHandler()})
 
   def save(self, step: int, state, data_iter, meta: dict[str, Any]) -> bool:
+    self.directory.mkdir(parents=True, exist_ok=True)
     meta = {**meta, FINGERPRINTS: fingerprints(state)}
     items = {STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}
     if data_iter is not None:

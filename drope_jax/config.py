@@ -7,6 +7,8 @@ Variants (the `:variant` after a config path) choose the positional recipe:
 import ml_collections
 from ml_collections import config_dict
 
+from drope_jax import errors
+
 POS_EMB_VARIANTS = ("rope", "nope", "drope")
 
 
@@ -103,7 +105,7 @@ def base_config(variant: str = "drope") -> ml_collections.ConfigDict:
   return c
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.BadInput, ValueError):
   """A config value that cannot work; the message names the key and the fix."""
 
 

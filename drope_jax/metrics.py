@@ -1,7 +1,9 @@
 """Where metrics go: a line on stdout, `metrics.jsonl`, and TensorBoard event files.
 
-Only process 0 writes. After a resume, steps between the last checkpoint and the
-interruption are logged again: readers of metrics.jsonl keep the last line per step.
+Only process 0 writes, and only from the first logged step: a run refused before it
+(a config that does not fit the checkpoint) leaves the workdir as it was. After a
+resume, steps between the last checkpoint and the interruption are logged again:
+readers of metrics.jsonl keep the last line per step.
 """
 
 import json
@@ -19,18 +21,22 @@ class MetricsWriter:
 
   def __init__(self, workdir: str, *, total_steps: int):
     self.enabled = jax.process_index() == 0
+    self.workdir = epath.Path(workdir)
     self.total_steps = total_steps
     self._started = time.time()
     self._first_step = None
-    if self.enabled:
-      workdir = epath.Path(workdir)
-      workdir.mkdir(parents=True, exist_ok=True)
-      self._jsonl = (workdir / "metrics.jsonl").open("a")
-      self._tb = tensorboardX.SummaryWriter(str(workdir / "tensorboard"))
+    self._jsonl = self._tb = None
+
+  def _open(self):
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    self._jsonl = (self.workdir / "metrics.jsonl").open("a")
+    self._tb = tensorboardX.SummaryWriter(str(self.workdir / "tensorboard"))
 
   def write(self, step: int, metrics: dict):
     if not self.enabled:
       return
+    if self._jsonl is None:
+      self._open()
     self._jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
     self._jsonl.flush()
     for key, value in metrics.items():
@@ -58,7 +64,7 @@ class MetricsWriter:
       print(message, file=sys.stdout, flush=True)
 
   def close(self):
-    if self.enabled:
+    if self._jsonl is not None:
       self._jsonl.close()
       self._tb.close()
 

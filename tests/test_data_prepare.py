@@ -200,6 +200,7 @@ def test_cli_reports_progress_and_counts_invalid_utf8(tmp_path):
     ("missing_field", "b.jsonl:2: no field 'text' (fields: body)"),
     ("all_empty", "every input is empty"),
     ("not_json", "c.jsonl:1: not valid JSON"),
+    ("binary", "d.txt is not text"),
 ])
 def test_cli_bad_input_is_one_clear_message_and_nonzero_exit(tmp_path, case,
                                                              message):
@@ -212,11 +213,22 @@ def test_cli_bad_input_is_one_clear_message_and_nonzero_exit(tmp_path, case,
     (corpus / "b.jsonl").write_text("\n")
   elif case == "not_json":
     (corpus / "c.jsonl").write_text("{not json\n")
+  elif case == "binary":
+    (corpus / "d.txt").write_bytes(np.random.default_rng(0).bytes(200_000))
   result = run_prepare(f"--input={corpus}/*", f"--output={tmp_path}/out",
                        "--workers=1")
-  assert result.returncode != 0
+  assert result.returncode == 2
   assert message in result.stderr
   assert "Traceback" not in result.stderr
+  assert not (tmp_path / "out").exists()
+
+
+def test_cli_refuses_a_corpus_left_with_no_training_documents(tmp_path):
+  (tmp_path / "a.txt").write_text("one document")
+  result = run_prepare(f"--input={tmp_path}/a.txt", f"--output={tmp_path}/out",
+                       "--workers=1", "--eval_fraction=1")
+  assert result.returncode == 2
+  assert "smaller --eval_fraction" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_cli_refuses_output_made_by_another_tokenizer(tmp_path):

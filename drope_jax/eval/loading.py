@@ -18,6 +18,7 @@ from flax import nnx
 
 from drope_jax import checkpoint
 from drope_jax import config as config_lib
+from drope_jax import errors
 from drope_jax import optim
 from drope_jax import parallel
 from drope_jax import train_step
@@ -26,7 +27,7 @@ from drope_jax.model import positional as positional_lib
 from drope_jax.model import transformer
 
 
-class RunError(ValueError):
+class RunError(errors.BadInput, ValueError):
   """A workdir or step that cannot be evaluated; the message says why and what to do."""
 
 
