@@ -294,7 +294,7 @@ def _init_from(reference_dir, tmp_path, *overrides):
   workdir = tmp_path / "run"
   code, output = _Runs(workdir, tmp_path / "logs").run(
       "--config=configs/tiny.py:nope", "--config.train.steps=4",
-      "--config.train.lr=0", f"--config.checkpoint.init_from={reference_dir}",
+      "--config.train.warmup_steps=1", "--config.train.lr=0", f"--config.checkpoint.init_from={reference_dir}",
       f"--config.checkpoint.init_step={DROP}", *overrides, check=False)
   return workdir, code, output
 
