@@ -9,7 +9,10 @@ The pipeline reads token documents (int32 arrays, no EOS) from:
       DIR/train-NNNNN.array_record   training documents
       DIR/eval-NNNNN.array_record    held-out documents (see `in_eval_split`)
     Each record is one document's token ids as little-endian uint16, uint32 or
-    int32, as the manifest's `dtype` says.
+    int32, as the manifest's `dtype` says. The directory may be on gs://: the
+    ArrayRecord reader opens local files only, so each shard is first copied to a
+    local cache ($DROPE_DATA_CACHE, default ~/.cache/drope_jax/shards) under its
+    SHA-256, checked against the manifest; a cached shard is not fetched again.
 
 Both hold documents out for evaluation by a stable hash of a document key, so
 the eval split never overlaps the training split and never moves.
@@ -265,11 +268,6 @@ class ShardSource:
   def __init__(self, directory: str, split: str,
                tokenizer: tokenizers_lib.Tokenizer):
     _check_split(split)
-    if "://" in directory:
-      # The array_record reader opens local paths only (gs:// hangs in 0.8.6).
-      raise InputError(
-          f"cannot read shards at {directory}: copy the directory to local "
-          "disk first (e.g. `gcloud storage cp -r`) and point data.paths there.")
     manifest = read_manifest(directory)
     if not manifest.get("complete"):
       raise InputError(
@@ -291,6 +289,8 @@ class ShardSource:
           f"{fraction} from {manifest.get('documents', 0)} documents): prepare it "
           f"again into a new --output with {fix}.")
     self._paths = [str(epath.Path(directory) / s["file"]) for s in shards]
+    if "://" in directory:  # the ArrayRecord reader hangs on gs:// (0.8.6).
+      self._paths = [local_copy(p, s["sha256"]) for p, s in zip(self._paths, shards)]
     self._records = grain.sources.ArrayRecordDataSource(self._paths)
     self._dtype = np.dtype(manifest["dtype"]).newbyteorder("<")
     self._directory = directory
@@ -303,6 +303,34 @@ class ShardSource:
 
   def __repr__(self) -> str:
     return f"ShardSource({self._directory}: {len(self)} documents)"
+
+
+def cache_dir() -> pathlib.Path:
+  return pathlib.Path(os.environ.get(
+      "DROPE_DATA_CACHE", pathlib.Path.home() / ".cache" / "drope_jax" / "shards"))
+
+
+def local_copy(remote: str, sha256: str) -> str:
+  """A local copy of the shard at `remote` whose content has this SHA-256."""
+  local = cache_dir() / f"{sha256}.array_record"
+  if local.exists():
+    return str(local)
+  local.parent.mkdir(parents=True, exist_ok=True)
+  # A unique partial name: processes of one host may fetch the same shard at once.
+  partial = local.with_name(f".{local.name}.{os.getpid()}.partial")
+  digest = hashlib.sha256()
+  with epath.Path(remote).open("rb") as src, partial.open("wb") as dst:
+    for block in iter(lambda: src.read(1 << 24), b""):
+      digest.update(block)
+      dst.write(block)
+  if digest.hexdigest() != sha256:
+    partial.unlink()
+    raise InputError(
+        f"{remote} does not match its manifest (SHA-256 {digest.hexdigest()[:12]}..., "
+        f"expected {sha256[:12]}...): the shard changed or was damaged; prepare the "
+        "directory again.")
+  os.replace(partial, local)
+  return str(local)
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
