@@ -98,6 +98,12 @@ def base_config(variant: str = "drope") -> ml_collections.ConfigDict:
       init_optimizer=False,                       # also take its optimizer state.
   ))
 
+  c.metrics = ml_collections.ConfigDict(dict(
+      wandb=False,            # also log to Weights & Biases (WANDB_MODE=offline: locally).
+      wandb_project="drope_jax",
+      wandb_entity=config_dict.placeholder(str),  # unset: your default entity.
+  ))
+
   c.mesh = ml_collections.ConfigDict(dict(
       shape=(-1, 1, 1),       # (data, fsdp, tensor) per slice; -1 = the rest.
       dcn_shape=(1, 1, 1),    # across slices (multi-slice data parallel over DCN).

@@ -189,7 +189,8 @@ class Trainer:
     if gcs.is_remote(workdir) and jax.process_index() == 0:
       self.mirror = gcs.MetricsMirror(workdir)
     metrics_dir = self.mirror.local if self.mirror else self.workdir
-    self.writer = metrics_lib.MetricsWriter(str(metrics_dir), total_steps=t.steps)
+    self.writer = metrics_lib.MetricsWriter(str(metrics_dir), total_steps=t.steps,
+                                            run_config=config, run_name=workdir)
     self.flops_per_token = flops.training_flops_per_token(config.model, t.seq_len)
     self.peak_flops = flops.peak_flops_per_device(dtype=config.model.dtype)
 
