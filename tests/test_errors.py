@@ -132,3 +132,24 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, files, tmp_pat
   errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
   assert len(errors) == 1 and message in errors[0], result.stderr[-3000:]
   assert not out.exists()
+
+
+def test_a_step_too_big_for_the_device_reports_the_compilers_figure_and_the_fix(
+    tmp_path, monkeypatch):
+  import jax  # pylint: disable=g-import-not-at-top
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  from drope_jax import trainer  # pylint: disable=g-import-not-at-top
+
+  def out_of_memory(*args, **kwargs):
+    raise jax.errors.JaxRuntimeError(
+        "RESOURCE_EXHAUSTED: Ran out of memory in memory space hbm. Used 150.3G of "
+        "95.74G hbm. Exceeded hbm capacity by 54.56G.\n\nTotal hbm usage >= 150.8G:\n...")
+
+  monkeypatch.setattr(trainer.Trainer, "_run_phase", out_of_memory)
+  config = tiny.get_config()
+  config.model.update(d_model=32, d_ff=64, n_layers=1, head_dim=8)
+  with pytest.raises(trainer.OutOfMemoryError) as refused:
+    trainer.Trainer(config, str(tmp_path / "run")).run()
+  message = str(refused.value)
+  assert "Used 150.3G of 95.74G hbm" in message and "Total hbm" not in message
+  assert "train.seq_len (256)" in message and "python -m drope_jax.compile" in message
