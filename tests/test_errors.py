@@ -153,3 +153,18 @@ def test_a_step_too_big_for_the_device_reports_the_compilers_figure_and_the_fix(
   message = str(refused.value)
   assert "Used 150.3G of 95.74G hbm" in message and "Total hbm" not in message
   assert "train.seq_len (256)" in message and "python -m drope_jax.compile" in message
+
+
+def test_an_unreachable_or_missing_bucket_is_one_sentence(monkeypatch):
+  from drope_jax import gcs  # pylint: disable=g-import-not-at-top
+  from tests import gcs_emulator  # pylint: disable=g-import-not-at-top
+  with gcs_emulator.serve("drope-test") as env:
+    for key, value in env.items():
+      monkeypatch.setenv(key, value)
+    gcs.check_reachable("gs://drope-test/run")
+    with pytest.raises(gcs.UnreachableError, match="gs://other does not exist"):
+      gcs.check_reachable("gs://other/run")
+  # The emulator is gone: nothing answers on its port.
+  with pytest.raises(gcs.UnreachableError, match="gs://drope-test did not answer "
+                     "within 1 s: check the bucket's name, the network"):
+    gcs.check_reachable("gs://drope-test/run", timeout=1)

@@ -33,6 +33,7 @@ import grain
 import numpy as np
 
 from drope_jax import errors
+from drope_jax import gcs
 from drope_jax.data import tokenizers as tokenizers_lib
 
 SPLITS = ("train", "eval")
@@ -268,6 +269,8 @@ class ShardSource:
   def __init__(self, directory: str, split: str,
                tokenizer: tokenizers_lib.Tokenizer):
     _check_split(split)
+    if "://" in directory:
+      gcs.check_reachable(directory)
     manifest = read_manifest(directory)
     if not manifest.get("complete"):
       raise InputError(

@@ -102,6 +102,9 @@ def load_run(workdir: str, step: int | None = None, *, devices=None) -> Run:
     mesh = _mesh(config, devices)
     built, _ = train_step.build(config, mesh, optim.make_optimizer(config.train))
     state, meta = ckpt.restore(step, built.abstract_state)
+  except checkpoint.CorruptCheckpointError as e:
+    raise RunError(f"{e}; evaluate another --step (available: "
+                   f"{', '.join(map(str, steps))})") from e
   finally:
     ckpt.close()
   name = os.path.basename(os.path.normpath(workdir))
