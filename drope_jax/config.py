@@ -201,11 +201,13 @@ def _validate_optimizer(config) -> None:
   _check_range("train.decay_fraction", t.decay_fraction, 0, 1)
   _check_range("train.eval_batches", t.eval_batches, 0, None)
   # Warmup must end inside its phase, or the lr never reaches its peak.
-  drop = d.drop_at_step if config.model.pos_emb == "drope" else t.steps
-  _check_range("train.warmup_steps", t.warmup_steps, 0, drop,
-               meaning=f": it must end within the {'pretraining phase' if drop < t.steps else 'run'} "
-                       f"({drop} steps)")
-  if config.model.pos_emb == "drope":
+  has_drop = config.model.pos_emb == "drope"
+  pretrain = d.drop_at_step if has_drop else t.steps
+  _check_range("train.warmup_steps", t.warmup_steps, 0, pretrain,
+               meaning=f": it must end within the {'pretraining phase' if has_drop else 'run'}"
+                       f" ({pretrain} steps)")
+  if has_drop:
+    drop = d.drop_at_step
     _check_range("drope.warmup_steps", d.warmup_steps, 0, t.steps - drop,
                  meaning=f": it must end within the recalibration ({t.steps - drop} "
                          "steps from drope.drop_at_step to train.steps)")
