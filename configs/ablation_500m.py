@@ -33,10 +33,10 @@ def get_config(variant: str = "drope"):
   config.model.remat = "full"
 
   # Placeholders: the run cannot start until these name your prepared shard directories
-  # and the Qwen2 tokenizer they were prepared with. ArrayRecord shards are read from a
-  # local path: copy them to the TPU VM's disk or mount the bucket with gcsfuse.
+  # and the Qwen2 tokenizer they were prepared with. Shards on gs:// are fetched once
+  # into a local cache ($DROPE_DATA_CACHE) on each host.
   config.data.source = "shards"
-  config.data.paths = "/mnt/gcs/YOUR_BUCKET/qwen2-tokenized-shards"
+  config.data.paths = "gs://YOUR_BUCKET/qwen2-tokenized-shards"
   config.data.tokenizer = "hf:gs://YOUR_BUCKET/PATH/TO/qwen2/tokenizer.json"
 
   config.train.steps = 16_000

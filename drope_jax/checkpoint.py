@@ -6,6 +6,10 @@ completes (locally orbax renames `<step>.orbax-checkpoint-tmp`; on gs:// it writ
 `commit_success.txt` last), so a save that a killed process left half-done is never
 listed. A listed checkpoint that fails to restore is skipped with a warning and the
 one before it is used; the bad one is then moved aside to `<step>.corrupt`.
+
+Storage can also corrupt a file silently (a flipped block still decodes). So the
+metadata holds a fingerprint of every saved array, computed on device at save time,
+and a restored state must match them: otherwise it did not restore.
 """
 
 import os
@@ -16,19 +20,26 @@ from typing import Any, Callable, Sequence
 
 import grain
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
+from drope_jax import errors
 from drope_jax import gcs
 
 STATE, DATA_ITER, META = "state", "data_iter", "meta"
+FINGERPRINTS = "fingerprints"  # META key: {array path: [dtype, fingerprint]}.
 
 
-class RestoreError(RuntimeError):
+class RestoreError(errors.BadInput, RuntimeError):
   """No checkpoint of a run restores."""
+
+
+class CorruptCheckpointError(RestoreError):
+  """A checkpoint's arrays read back differently from what was saved."""
 
 
 def code_version() -> str:
@@ -56,6 +67,51 @@ def path_key(path) -> tuple[str, ...]:
                for k in path)
 
 
+def fingerprints(tree) -> dict[str, list]:
+  """{array path: [dtype, fingerprint]} for every array of `tree`, computed where the
+  arrays live: one uint32 per array comes back to the host."""
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  sums = jax.device_get(_fingerprint_all([leaf for _, leaf in flat]))
+  return {"/".join(path_key(p)): [str(leaf.dtype), int(fp)]
+          for (p, leaf), fp in zip(flat, sums)}
+
+
+@jax.jit
+def _fingerprint_all(leaves):
+  return [_fingerprint(x) for x in leaves]
+
+
+def _fingerprint(x):
+  """sum_i bits_i * (2i + 1) mod 2**32 over the elements' bit patterns (i: flat index).
+
+  Integer sums are exact in any order, so any mesh gives the same value; and since odd
+  factors are invertible mod 2**32, any one changed element always changes it.
+  """
+  if x.dtype == jnp.bool_:
+    bits = x.astype(jnp.uint32)
+  else:
+    unsigned = jnp.dtype(f"uint{jnp.dtype(x.dtype).itemsize * 8}")
+    bits = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+  index, stride = jnp.zeros(x.shape, jnp.uint32), 1
+  for axis in reversed(range(x.ndim)):
+    index += jax.lax.broadcasted_iota(jnp.uint32, x.shape, axis) * jnp.uint32(stride)
+    stride = stride * x.shape[axis] % 2**32
+  return jnp.sum(bits * (2 * index + 1), dtype=jnp.uint32)
+
+
+def verify(tree, saved: dict[str, list] | None, where: str) -> None:
+  """Raises CorruptCheckpointError when an array of `tree` differs from its fingerprint
+  in `saved` (checkpoints without fingerprints, and arrays cast on restore, pass)."""
+  if not saved:
+    return
+  bad = [key for key, (dtype, fp) in fingerprints(tree).items()
+         if key in saved and saved[key][0] == dtype and saved[key][1] != fp]
+  if bad:
+    raise CorruptCheckpointError(
+        f"{where}: {len(bad)} array(s) read back differently from what was saved "
+        f"(e.g. {', '.join(bad[:3])}): its files are corrupt")
+
+
 def _all_agree(ok: bool) -> bool:
   """True when every process says ok: hosts must fall back past a step together."""
   if jax.process_count() == 1:
@@ -74,7 +130,7 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         preservation_policy=_preservation(ckpt_config, keep_steps),
         enable_async_checkpointing=bool(ckpt_config.async_save),
-        create=not read_only,
+        create=False,  # made at the first save: a refused run leaves no directory.
         read_only=read_only,
     )
     self.manager = ocp.CheckpointManager(
@@ -84,6 +140,8 @@ class Checkpointer:
                        META: ocp.JsonCheckpointHandler()})
 
   def save(self, step: int, state, data_iter, meta: dict[str, Any]) -> bool:
+    self.directory.mkdir(parents=True, exist_ok=True)
+    meta = {**meta, FINGERPRINTS: fingerprints(state)}
     items = {STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}
     if data_iter is not None:
       items[DATA_ITER] = grain.checkpoint.CheckpointSave(data_iter)
@@ -94,8 +152,10 @@ class Checkpointer:
     return sorted(self.manager.all_steps())
 
   def read_meta(self, step: int) -> dict[str, Any]:
+    """The metadata saved with `step` (without the fingerprints)."""
     restored = self.manager.restore(step, args=ocp.args.Composite(
         **{META: ocp.args.JsonRestore()}))
+    restored[META].pop(FINGERPRINTS, None)
     return restored[META]
 
   def restore(self, step: int, abstract_state, data_iter=None):
@@ -105,7 +165,9 @@ class Checkpointer:
     if data_iter is not None:
       items[DATA_ITER] = grain.checkpoint.CheckpointRestore(data_iter)
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-    return restored[STATE], restored[META]
+    meta = restored[META]
+    verify(restored[STATE], meta.pop(FINGERPRINTS, None), f"{self.directory}/{step}")
+    return restored[STATE], meta
 
   def restore_latest(self, abstract_state, data_iter=None, *,
                      check_meta: Callable[[int, dict], None] | None = None):
@@ -167,8 +229,11 @@ class Checkpointer:
 
     Leaves are matched to `abstract_state` by path and restored onto its shardings.
     Returns {path_key: array}. A saved leaf with no counterpart of the same shape in
-    `abstract_state` raises ValueError naming it.
+    `abstract_state` raises ValueError naming it; corrupt files raise
+    CorruptCheckpointError.
     """
+    saved_fingerprints = self.manager.restore(step, args=ocp.args.Composite(
+        **{META: ocp.args.JsonRestore()}))[META].get(FINGERPRINTS)
     path = self.directory / str(step) / STATE
     targets = {path_key(p): leaf
                for p, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
@@ -189,6 +254,7 @@ class Checkpointer:
       restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
           item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
           partial_restore=True))
+    verify(restored, saved_fingerprints, str(path))
     return {path_key(p): leaf
             for p, leaf in jax.tree_util.tree_flatten_with_path(restored)[0]}
 

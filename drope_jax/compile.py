@@ -28,6 +28,7 @@ from absl import flags
 from jax.experimental import topologies
 from ml_collections import config_flags
 
+from drope_jax import cli
 from drope_jax import config as config_lib
 from drope_jax import flops
 from drope_jax import optim
@@ -264,23 +265,18 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   config = _CONFIG.value
   phases = ("pretrain", "recalibrate") if _PHASE.value == "all" else (_PHASE.value,)
-  try:
-    topology = parse_topology(_TOPOLOGY.value)
-    print(_describe(config, topology), flush=True)
-    reports = []
-    for report in compile_phases(config, topology, phases):
-      print(_format(report), flush=True)
-      reports.append(report)
-  except config_lib.ConfigError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  topology = parse_topology(_TOPOLOGY.value)
+  print(_describe(config, topology), flush=True)
+  reports = []
+  for report in compile_phases(config, topology, phases):
+    print(_format(report), flush=True)
+    reports.append(report)
   if not reports:
-    print(f"error: --phase={_PHASE.value} is not a phase of model.pos_emb="
-          f"{config.model.pos_emb}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(f"--phase={_PHASE.value} is not a phase of model.pos_emb="
+             f"{config.model.pos_emb}")
   if not all(r.fits for r in reports):
-    sys.exit(1)
+    sys.exit(1)  # an answer, not an error: the config does not fit this slice.
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, config_flag="config")

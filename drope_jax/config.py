@@ -7,6 +7,8 @@ Variants (the `:variant` after a config path) choose the positional recipe:
 import ml_collections
 from ml_collections import config_dict
 
+from drope_jax import errors
+
 POS_EMB_VARIANTS = ("rope", "nope", "drope")
 
 
@@ -106,6 +108,12 @@ def base_config(variant: str = "drope") -> ml_collections.ConfigDict:
       init_optimizer=False,                       # also take its optimizer state.
   ))
 
+  c.metrics = ml_collections.ConfigDict(dict(
+      wandb=False,            # also log to Weights & Biases (WANDB_MODE=offline: locally).
+      wandb_project="drope_jax",
+      wandb_entity=config_dict.placeholder(str),  # unset: your default entity.
+  ))
+
   c.mesh = ml_collections.ConfigDict(dict(
       shape=(-1, 1, 1),       # (data, fsdp, tensor) per slice; -1 = the rest.
       dcn_shape=(1, 1, 1),    # across slices (multi-slice data parallel over DCN).
@@ -113,7 +121,7 @@ def base_config(variant: str = "drope") -> ml_collections.ConfigDict:
   return c
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.BadInput, ValueError):
   """A config value that cannot work; the message names the key and the fix."""
 
 
@@ -167,11 +175,54 @@ def validate(config) -> None:
   if t.batch_size % t.grad_accum:
     raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by "
                       f"train.grad_accum={t.grad_accum}")
-  if t.warmup_steps < 0 or config.drope.warmup_steps < 0:
-    raise ConfigError("warmup steps must be >= 0")
   if m.pos_emb == "drope" and not 0 < config.drope.drop_at_step < t.steps:
     raise ConfigError(f"drope.drop_at_step={config.drope.drop_at_step} must lie inside "
                       f"the run (0 < drop_at_step < train.steps={t.steps})")
+  _validate_optimizer(config)
+  _check_range("data.eval_fraction", config.data.eval_fraction, 0, 1, high_open=True,
+               meaning=": the held-out share of documents")
+  _check_range("data.num_workers", config.data.num_workers, 0, None)
   if (config.checkpoint.init_step is not None) and not config.checkpoint.init_from:
     raise ConfigError("checkpoint.init_step needs checkpoint.init_from (the run to start "
                       "from)")
+
+
+def _check_range(key: str, value, low, high, *, low_open=False, high_open=False,
+                 meaning: str = ""):
+  below = value <= low if low_open else value < low
+  above = high is not None and (value >= high if high_open else value > high)
+  if below or above:
+    interval = (f"{'(' if low_open else '['}{low}, "
+                f"{'inf)' if high is None else f'{high}' + (')' if high_open else ']')}")
+    raise ConfigError(f"--config.{key}={value} must lie in {interval}{meaning}")
+
+
+def _validate_optimizer(config) -> None:
+  """Values AdamW and the schedules accept but that cannot train (a negative lr
+  ascends the loss; b2 = 1 never forgets; eps = 0 divides by zero)."""
+  t, d = config.train, config.drope
+  for key in ("train.lr", "drope.lr"):
+    _check_range(key, _get(config, key), 0, None, meaning=": the peak learning rate")
+  for key in ("train.b1", "train.b2"):
+    _check_range(key, _get(config, key), 0, 1, high_open=True,
+                 meaning=": an AdamW moment decay rate")
+  _check_range("train.eps", t.eps, 0, None, low_open=True,
+               meaning=": AdamW's denominator guard")
+  _check_range("train.weight_decay", t.weight_decay, 0, None)
+  _check_range("train.grad_clip", t.grad_clip, 0, None,
+               meaning=" (0 turns clipping off)")
+  _check_range("train.min_lr_ratio", t.min_lr_ratio, 0, 1,
+               meaning=": the final lr as a share of the peak")
+  _check_range("train.decay_fraction", t.decay_fraction, 0, 1)
+  _check_range("train.eval_batches", t.eval_batches, 0, None)
+  # Warmup must end inside its phase, or the lr never reaches its peak.
+  has_drop = config.model.pos_emb == "drope"
+  pretrain = d.drop_at_step if has_drop else t.steps
+  _check_range("train.warmup_steps", t.warmup_steps, 0, pretrain,
+               meaning=f": it must end within the {'pretraining phase' if has_drop else 'run'}"
+                       f" ({pretrain} steps)")
+  if has_drop:
+    drop = d.drop_at_step
+    _check_range("drope.warmup_steps", d.warmup_steps, 0, t.steps - drop,
+                 meaning=f": it must end within the recalibration ({t.steps - drop} "
+                         "steps from drope.drop_at_step to train.steps)")

@@ -30,17 +30,16 @@ import dataclasses
 import json
 import math
 import os
-import sys
 import time
 
-from absl import app
 from absl import flags
 from absl import logging
 import jax
 
+from drope_jax import cli
+from drope_jax import errors
 from drope_jax import optim
 from drope_jax import train_step
-from drope_jax.data import sources
 from drope_jax.eval import heldout
 from drope_jax.eval import loading
 from drope_jax.eval import needle_attention
@@ -98,7 +97,7 @@ _COMPARE = flags.DEFINE_bool("compare", False,
 _OUT = flags.DEFINE_string("out", None, "--compare: output directory.")
 
 
-class EvalError(ValueError):
+class EvalError(errors.BadInput, ValueError):
   """Bad input to the evaluation; the message names it and the fix."""
 
 
@@ -409,20 +408,16 @@ def evaluate(workdir: str):
 
 def main(argv):
   logging.set_verbosity(logging.ERROR)  # orbax logs every file it touches.
-  try:
-    if _COMPARE.value:
-      compare(argv[1:], _OUT.value)
-      return
-    if len(argv) > 1:
-      raise EvalError(f"unexpected arguments: {' '.join(argv[1:])} (did you mean "
-                      "--compare?)")
-    if not _WORKDIR.value:
-      raise EvalError("pass --workdir=DIR (a run's directory) or --compare DIR...")
-    evaluate(_WORKDIR.value)
-  except (EvalError, loading.RunError, sources.InputError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  if _COMPARE.value:
+    compare(argv[1:], _OUT.value)
+    return
+  if len(argv) > 1:
+    raise EvalError(f"unexpected arguments: {' '.join(argv[1:])} (did you mean "
+                    "--compare?)")
+  if not _WORKDIR.value:
+    raise EvalError("pass --workdir=DIR (a run's directory) or --compare DIR...")
+  evaluate(_WORKDIR.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

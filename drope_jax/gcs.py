@@ -12,13 +12,48 @@ import hashlib
 import pathlib
 import shutil
 import tempfile
+import threading
 import time
 
 from etils import epath
 
+from drope_jax import errors
+
+# gcsfs retries a refused connection for ~40 s, then raises from deep in aiohttp.
+PROBE_SECONDS = 20
+
+
+class UnreachableError(errors.BadInput):
+  """A bucket that does not answer, does not exist, or is not visible to us."""
+
 
 def is_remote(path) -> bool:
   return "://" in str(path)
+
+
+def check_reachable(path: str, timeout: float = PROBE_SECONDS) -> None:
+  """Raises UnreachableError, naming the bucket, unless it answers within `timeout`."""
+  bucket = "/".join(str(path).split("/")[:3])  # gs://name
+  answer = {}
+
+  def probe():
+    try:
+      answer["exists"] = epath.Path(bucket).exists()
+    except Exception as e:  # pylint: disable=broad-except  (any transport error)
+      answer["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+
+  thread = threading.Thread(target=probe, daemon=True)  # a hung probe must not block exit.
+  thread.start()
+  thread.join(timeout)
+  fix = ("check the bucket's name, the network, and that this machine's credentials "
+         "may read it (gcloud auth application-default login, or the VM's service "
+         "account)")
+  if thread.is_alive():
+    raise UnreachableError(f"{bucket} did not answer within {timeout:.0f} s: {fix}")
+  if "error" in answer:
+    raise UnreachableError(f"cannot reach {bucket} ({answer['error']}): {fix}")
+  if not answer["exists"]:
+    raise UnreachableError(f"{bucket} does not exist or is not visible: {fix}")
 
 
 class MetricsMirror:

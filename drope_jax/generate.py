@@ -7,13 +7,13 @@ Greedy by default (--temperature=0). The checkpoint decides RoPE or NoPE; the pr
 starts after an EOS, as a document does in training. Prints the completion.
 """
 
-import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
 
+from drope_jax import cli
 from drope_jax.eval import generate
 from drope_jax.eval import loading
 
@@ -32,14 +32,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if _MAX_NEW.value < 1 or _TEMPERATURE.value < 0 or _TOP_K.value < 0:
-    print("error: --max_new_tokens must be >= 1, --temperature and --top_k >= 0",
-          file=sys.stderr)
-    sys.exit(2)
-  try:
-    run = loading.load_run(_WORKDIR.value, _STEP.value)
-  except loading.RunError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail("--max_new_tokens must be >= 1, --temperature and --top_k >= 0")
+  run = loading.load_run(_WORKDIR.value, _STEP.value)
   tokenizer = run.tokenizer()
   prompt = np.concatenate([[tokenizer.eos_id], tokenizer.encode_array(_PROMPT.value)])
   sampling = generate.Sampling(_MAX_NEW.value, _TEMPERATURE.value, _TOP_K.value)
@@ -51,4 +45,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -13,6 +13,8 @@ from another run's weights. SIGTERM saves at the end of the step and exits 0.
 """
 
 import dataclasses
+import os
+import pathlib
 import signal
 import time
 
@@ -24,6 +26,7 @@ from jax.experimental import multihost_utils
 
 from drope_jax import checkpoint
 from drope_jax import config as config_lib
+from drope_jax import errors
 from drope_jax import flops
 from drope_jax import gcs
 from drope_jax import metrics as metrics_lib
@@ -31,11 +34,22 @@ from drope_jax import optim
 from drope_jax import parallel
 from drope_jax import train_step
 from drope_jax.data import pipeline
+from drope_jax.data import tokenizers
 from drope_jax.model import positional as positional_lib
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(errors.BadInput, RuntimeError):
   """The loss became NaN or inf and train.on_nan is 'stop'."""
+
+
+class OutOfMemoryError(errors.BadInput, RuntimeError):
+  """The compiled step needs more device memory than there is."""
+
+
+def _first_line(error: Exception) -> str:
+  """The compiler's own figure ('Used 140.2G of 95.7G hbm'), without the XLA dump."""
+  text = str(error).split("RESOURCE_EXHAUSTED:", 1)[-1].strip()
+  return text.splitlines()[0][:300] if text else type(error).__name__
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +136,29 @@ def _changed_keys(saved: dict, current: dict, prefix: str = "") -> list[str]:
   return changed
 
 
+def _check_data(config):
+  """The data sources and the tokenizer exist and fit the model's vocabulary."""
+  pipeline.describe(config.data)
+  tokenizer = pipeline.make_tokenizer(config.data)
+  tokenizers.check_vocab(tokenizer, config.model.vocab_size)
+
+
+def _check_workdir(workdir: str):
+  """A local workdir is (or can become) a writable directory."""
+  if gcs.is_remote(workdir):
+    gcs.check_reachable(workdir)
+    return
+  path = pathlib.Path(workdir).absolute()
+  existing = next(p for p in (path, *path.parents) if p.exists())
+  if not existing.is_dir():
+    raise config_lib.ConfigError(
+        f"--workdir={workdir}: {existing} is a file, not a directory; give a directory")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise config_lib.ConfigError(
+        f"--workdir={workdir}: {existing} is not writable by this user; give a "
+        "directory you can write to")
+
+
 def _global_batch(local_batch: dict, sharding) -> dict:
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in local_batch.items()}
@@ -130,7 +167,10 @@ def _global_batch(local_batch: dict, sharding) -> dict:
 class Trainer:
 
   def __init__(self, config, workdir: str):
+    # Everything a run can be refused for is checked before anything is written.
     config_lib.validate(config)
+    _check_data(config)
+    _check_workdir(workdir)
     self.config = config
     self.workdir = epath.Path(workdir)
     self.mesh = parallel.make_mesh(config.mesh)
@@ -153,7 +193,8 @@ class Trainer:
     if gcs.is_remote(workdir) and jax.process_index() == 0:
       self.mirror = gcs.MetricsMirror(workdir)
     metrics_dir = self.mirror.local if self.mirror else self.workdir
-    self.writer = metrics_lib.MetricsWriter(str(metrics_dir), total_steps=t.steps)
+    self.writer = metrics_lib.MetricsWriter(str(metrics_dir), total_steps=t.steps,
+                                            run_config=config, run_name=workdir)
     self.flops_per_token = flops.training_flops_per_token(config.model, t.seq_len)
     self.peak_flops = flops.peak_flops_per_device(dtype=config.model.dtype)
 
@@ -182,6 +223,20 @@ class Trainer:
   def _check_resume(self, step: int, meta: dict):
     """Refuses a checkpoint this config cannot continue; warns about changed keys."""
     saved = meta["config"]
+    if step > self.config.train.steps:
+      raise config_lib.ConfigError(
+          f"{self.ckpt.directory}/{step} lies beyond train.steps="
+          f"{self.config.train.steps} (the run that wrote it had "
+          f"{saved['train']['steps']}): resume with --config.train.steps >= {step}, "
+          "or use a new --workdir")
+    drop_there, drop_here = saved["drope"]["drop_at_step"], self.config.drope.drop_at_step
+    if (saved["model"]["pos_emb"] == self.config.model.pos_emb == "drope"
+        and drop_there != drop_here):
+      raise config_lib.ConfigError(
+          f"{self.ckpt.directory}/{step} belongs to a run that drops RoPE at step "
+          f"{drop_there}, not {drop_here}: its schedules and kept checkpoints follow "
+          f"that split. Resume with --config.drope.drop_at_step={drop_there}, or use a "
+          "new --workdir (with checkpoint.init_from to start from its weights)")
     diffs = architecture_mismatch(saved["model"], self.config.model, new_qk_norm_ok=False)
     if diffs:
       raise config_lib.ConfigError(
@@ -292,6 +347,15 @@ class Trainer:
         if state is None:  # preempted: saved and stopping.
           return
       self._finish(state, data_iter)
+    except jax.errors.JaxRuntimeError as e:
+      if "RESOURCE_EXHAUSTED" not in str(e):
+        raise
+      raise OutOfMemoryError(
+          f"the train step does not fit in device memory: {_first_line(e)}. Lower "
+          f"train.seq_len ({cfg.train.seq_len}) or train.batch_size, raise "
+          "train.grad_accum, set model.remat=full, or shard over more devices "
+          "(mesh.shape); `python -m drope_jax.compile` sizes a config without a "
+          "device") from e
     finally:
       preemption.restore()
       self.ckpt.close()

@@ -6,6 +6,7 @@ A reference run goes 24 steps uninterrupted (RoPE until 16, then NoPE), logging 
 step and saving every 4; the other runs must end bitwise equal to it or fail cleanly.
 """
 
+import json
 import os
 import pathlib
 import random
@@ -309,7 +310,7 @@ def _init_from(reference_dir, tmp_path, *overrides):
   workdir = tmp_path / "run"
   code, output = _Runs(workdir, tmp_path / "logs").run(
       "--config=configs/tiny.py:nope", "--config.train.steps=4",
-      "--config.train.lr=0", f"--config.checkpoint.init_from={reference_dir}",
+      "--config.train.warmup_steps=1", "--config.train.lr=0", f"--config.checkpoint.init_from={reference_dir}",
       f"--config.checkpoint.init_step={DROP}", *overrides, check=False)
   return workdir, code, output
 
@@ -345,3 +346,34 @@ def test_init_from_another_architecture_is_refused_by_name(reference, tmp_path):
   assert code == 2
   assert "is another architecture: model.d_ff is 128 there and 96 here" in output
   assert "Traceback" not in output
+
+
+def test_training_data_read_from_gs_resumes_bitwise(tmp_path, monkeypatch):
+  """Shards prepared into a bucket, trained on from there; a resumed run equals the
+  uninterrupted one."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  from drope_jax.data import prepare as prepare_lib  # pylint: disable=g-import-not-at-top
+  from drope_jax.data import sources  # pylint: disable=g-import-not-at-top
+  root, files = sources.stdlib_files("train", 0.05)
+  corpus = tmp_path / "corpus.jsonl"
+  corpus.write_text("".join(json.dumps({"text": (root / f).read_text(errors="replace")})
+                            + "\n" for f in files[:200]))
+  with gcs_emulator.serve("drope-data") as gcs_env:
+    for key, value in gcs_env.items():
+      monkeypatch.setenv(key, value)
+    prepare_lib.prepare(input_patterns=str(corpus), output="gs://drope-data/shards",
+                        tokenizer_spec="byte", docs_per_shard=64)
+    assert (epath.Path("gs://drope-data/shards") / "train-00001.array_record").exists()
+    data = ("--config.data.source=shards", "--config.data.paths=gs://drope-data/shards",
+            "--config.train.steps=8", "--config.drope.drop_at_step=4",
+            "--config.train.warmup_steps=2")
+    env = _env(**gcs_env, DROPE_DATA_CACHE=str(tmp_path / "cache"))
+    uninterrupted = tmp_path / "uninterrupted"
+    _Runs(uninterrupted, tmp_path / "logs_a", env=env).run(*data)
+    resumed = tmp_path / "resumed"
+    shutil.copytree(uninterrupted, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "8")
+    _, output = _Runs(resumed, tmp_path / "logs_b", env=env).run(*data)
+  assert _resumed_from(output) == 4, output[-3000:]
+  _assert_same_state(_state(resumed / "checkpoints", 8),
+                     _state(uninterrupted / "checkpoints", 8))

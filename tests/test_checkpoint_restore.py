@@ -21,11 +21,13 @@ def _built(config, mesh_shape):
 
 
 def _random_state(built, init_fn, seed=0):
-  """The init state with every leaf replaced by distinct random values."""
+  """The init state with every float leaf replaced by random bit patterns: distinct,
+  and incompressible, so that orbax stores their bytes as they are."""
   state = init_fn()
   leaves, treedef = jax.tree.flatten(state)
   rng = np.random.default_rng(seed)
-  leaves = [jax.device_put(rng.standard_normal(x.shape).astype(x.dtype), x.sharding)
+  leaves = [jax.device_put(rng.integers(0, 2**32, x.shape, np.uint32).view(np.float32)
+                           if x.dtype == np.float32 else np.asarray(x), x.sharding)
             for x in leaves]
   return jax.tree.unflatten(treedef, leaves)
 
@@ -159,3 +161,39 @@ def test_init_from_may_only_add_qk_norm_gains(saved, here, ok):
   assert trainer.architecture_mismatch(
       saved_model, helpers.tiny_config(qk_norm=saved, d_model=48).model,
       new_qk_norm_ok=True) == ["model.d_model is 32 there and 48 here"]
+
+
+
+def _overwrite_a_block(checkpoint_dir, state):
+  """What a failing disk or a bad copy does: 4 KiB of an array's stored bytes replaced;
+  every file still decodes, and orbax alone restores it without complaint."""
+  table = np.asarray(state.params["embed"]["table_VE"][...]).tobytes()
+  for f in (checkpoint_dir / "state").rglob("*"):
+    data = bytearray(f.read_bytes()) if f.is_file() else b""
+    if table[:64] in data:
+      at = data.index(table[:64])
+      data[at:at + 4096] = np.random.default_rng(0).bytes(4096)
+      f.write_bytes(bytes(data))
+      return
+  raise AssertionError(f"the embedding's bytes are in no file of {checkpoint_dir}")
+
+
+def test_random_bytes_in_a_data_file_are_caught_and_the_previous_checkpoint_used(
+    three_checkpoints, monkeypatch):
+  directory, built, states = three_checkpoints
+  _overwrite_a_block(directory / "3", states[3])
+  warnings = []
+  monkeypatch.setattr(logging, "warning", lambda msg, *a: warnings.append(msg % a))
+  step, restored, _ = _checkpointer(directory).restore_latest(built.abstract_state)
+  assert step == 2
+  _assert_equal(restored, states[2])
+  assert any("/3 could not be restored (CorruptCheckpointError" in w
+             for w in warnings), warnings
+  assert (directory / "3.corrupt").is_dir()
+
+
+def test_init_from_a_corrupt_checkpoint_is_refused(three_checkpoints):
+  directory, built, states = three_checkpoints
+  _overwrite_a_block(directory / "2", states[2])
+  with pytest.raises(checkpoint.CorruptCheckpointError, match="files are corrupt"):
+    _checkpointer(directory).restore_parts(2, built.abstract_state, ["params"])

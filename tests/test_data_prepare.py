@@ -200,6 +200,7 @@ def test_cli_reports_progress_and_counts_invalid_utf8(tmp_path):
     ("missing_field", "b.jsonl:2: no field 'text' (fields: body)"),
     ("all_empty", "every input is empty"),
     ("not_json", "c.jsonl:1: not valid JSON"),
+    ("binary", "d.txt is not text"),
 ])
 def test_cli_bad_input_is_one_clear_message_and_nonzero_exit(tmp_path, case,
                                                              message):
@@ -212,11 +213,22 @@ def test_cli_bad_input_is_one_clear_message_and_nonzero_exit(tmp_path, case,
     (corpus / "b.jsonl").write_text("\n")
   elif case == "not_json":
     (corpus / "c.jsonl").write_text("{not json\n")
+  elif case == "binary":
+    (corpus / "d.txt").write_bytes(np.random.default_rng(0).bytes(200_000))
   result = run_prepare(f"--input={corpus}/*", f"--output={tmp_path}/out",
                        "--workers=1")
-  assert result.returncode != 0
+  assert result.returncode == 2
   assert message in result.stderr
   assert "Traceback" not in result.stderr
+  assert not (tmp_path / "out").exists()
+
+
+def test_cli_refuses_a_corpus_left_with_no_training_documents(tmp_path):
+  (tmp_path / "a.txt").write_text("one document")
+  result = run_prepare(f"--input={tmp_path}/a.txt", f"--output={tmp_path}/out",
+                       "--workers=1", "--eval_fraction=1")
+  assert result.returncode == 2
+  assert "smaller --eval_fraction" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_cli_refuses_output_made_by_another_tokenizer(tmp_path):
@@ -244,7 +256,7 @@ def test_cli_refuses_a_foreign_directory(tmp_path):
   assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
 
 
-def test_gs_inputs_and_outputs_through_a_local_emulator(tmp_path):
+def test_gs_inputs_and_outputs_through_a_local_emulator(tmp_path, monkeypatch):
   emulator = pytest.importorskip("gcp_storage_emulator.server")
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
@@ -269,17 +281,22 @@ def test_gs_inputs_and_outputs_through_a_local_emulator(tmp_path):
           env=env, capture_output=True, text=True, check=False)
       assert result.returncode == 0, result.stderr
       assert f"{verb} train-00000" in result.stderr
-    download = ("from etils import epath; import sys; "
-                "d = epath.Path(sys.argv[2]); d.mkdir(); "
-                "[p.copy(d / p.name) for p in epath.Path(sys.argv[1]).iterdir()]")
-    subprocess.run([sys.executable, "-c", download, "gs://bucket/out",
-                    str(tmp_path / "local")], env=env, check=True)
+    # Training reads the shards from the bucket (through a local cache).
+    for key in ("STORAGE_EMULATOR_HOST", "FSSPEC_GCS_TOKEN",
+                "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"):
+      monkeypatch.setenv(key, env[key])
+    monkeypatch.setenv("DROPE_DATA_CACHE", str(tmp_path / "cache"))
+    source = sources.ShardSource("gs://bucket/out", "train",
+                                 tokenizers.get_tokenizer("byte"))
+    assert [bytes(source[i].astype(np.uint8)).decode() for i in range(len(source))
+            ] == texts[:20]
+    assert len(list((tmp_path / "cache").glob("*.array_record"))) == 1
+    # A damaged shard in the bucket is refused by its checksum, not read.
+    from etils import epath  # pylint: disable=g-import-not-at-top
+    shard = epath.Path("gs://bucket/out/train-00000.array_record")
+    shard.write_bytes(shard.read_bytes()[:-1] + b"x")
+    monkeypatch.setenv("DROPE_DATA_CACHE", str(tmp_path / "cache2"))
+    with pytest.raises(sources.InputError, match="does not match its manifest"):
+      sources.ShardSource("gs://bucket/out", "train", tokenizers.get_tokenizer("byte"))
   finally:
     server.stop()
-  source = sources.ShardSource(str(tmp_path / "local"), "train",
-                               tokenizers.get_tokenizer("byte"))
-  assert [bytes(source[i].astype(np.uint8)).decode() for i in range(len(source))
-          ] == texts[:20]
-  with pytest.raises(ValueError, match="copy the directory to local disk"):
-    sources.ShardSource("gs://bucket/out", "train",
-                        tokenizers.get_tokenizer("byte"))

@@ -40,7 +40,7 @@ def test_unknown_spec_and_missing_file_are_clear_errors(tmp_path):
   with pytest.raises(ValueError, match="unknown tokenizer spec 'wordpiece'"):
     tokenizers.get_tokenizer("wordpiece")
   missing = tmp_path / "nope.model"
-  with pytest.raises(FileNotFoundError, match=str(missing)):
+  with pytest.raises(tokenizers.TokenizerError, match=str(missing)):
     tokenizers.get_tokenizer(f"sentencepiece:{missing}")
 
 

@@ -14,6 +14,7 @@ TRAIN_FLAGS = (
     "--config=configs/tiny.py", "--config.train.steps=12", "--config.drope.drop_at_step=8",
     "--config.train.seq_len=64", "--config.train.batch_size=4",
     "--config.train.eval_every=100", "--config.train.eval_batches=1",
+    "--config.train.warmup_steps=2", "--config.drope.warmup_steps=2",
     "--config.checkpoint.every_steps=4", "--config.model.d_model=64",
     "--config.model.d_ff=128", "--config.model.n_layers=2", "--config.model.head_dim=16")
 # 1x is too short for a byte-level NIAH prompt (skipped); 8x = 512 tokens fits one.

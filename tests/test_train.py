@@ -130,3 +130,17 @@ def test_config_errors_exit_nonzero_with_a_clear_message(tmp_path, override, mes
   assert message in result.stderr
   assert "Traceback" not in result.stderr
   assert not (workdir / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.train.steps=20", "/24 lies beyond train.steps=20"),
+    ("--config.drope.drop_at_step=12", "drops RoPE at step 16, not 12"),
+])
+def test_a_resume_the_checkpoint_cannot_continue_is_refused_untouched(
+    finished_run, override, message):
+  workdir, _ = finished_run
+  before = {str(p): p.stat().st_size for p in workdir.rglob("*")}
+  result = train(workdir, override, check=False)
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert message in result.stderr and "Traceback" not in result.stderr
+  assert {str(p): p.stat().st_size for p in workdir.rglob("*")} == before

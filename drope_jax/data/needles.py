@@ -68,7 +68,7 @@ class Haystack:
     self.sentences = [s if s[-1].isspace() else s + " "
                       for s in _SENTENCE.findall(text.strip())]
     if not self.sentences:
-      raise ValueError("the needle haystack has no text: pass real prose")
+      raise sources_lib.InputError("the needle haystack has no text: pass real prose")
 
   def __len__(self) -> int:
     return len(self.sentences)
@@ -180,13 +180,14 @@ class NeedleSource:
                variants: Sequence[str], seed: int):
     unknown = set(variants) - set(VARIANTS)
     if not variants or unknown:
-      raise ValueError(f"data.needle_variants={','.join(variants)!r}: use a comma-"
-                       f"separated subset of {','.join(VARIANTS)}")
+      raise sources_lib.InputError(
+          f"data.needle_variants={','.join(variants)!r}: use a comma-separated "
+          f"subset of {','.join(VARIANTS)}")
     floor = max(minimum_tokens(tokenizer, v) for v in variants)
     if min_tokens is None:
       min_tokens = min(max_tokens, max(max_tokens // 2, floor))
     if not floor <= min_tokens <= max_tokens:
-      raise ValueError(
+      raise sources_lib.InputError(
           f"needle documents of {min_tokens}..{max_tokens} tokens: variants "
           f"{','.join(variants)} need at least {floor} tokens and min <= max. Raise "
           "data.needle_min_tokens / data.needle_max_tokens (or the sequence "

@@ -130,11 +130,11 @@ def component_names(data_config) -> list[str]:
   names = []
   for source in (s.strip() for s in data_config.source.split(",")):
     if source not in SOURCES:
-      raise ValueError(f"unknown data.source {source!r}: use one of "
+      raise sources_lib.InputError(f"unknown data.source {source!r}: use one of "
                        f"{', '.join(SOURCES)} (comma-separated for a mixture).")
     if source == "shards":
       if not data_config.paths:
-        raise ValueError("data.source=shards needs data.paths: comma-separated "
+        raise sources_lib.InputError("data.source=shards needs data.paths: comma-separated "
                          "directories written by drope_jax.data.prepare.")
       names.extend(f"shards:{p.strip()}" for p in data_config.paths.split(","))
     else:
@@ -145,9 +145,12 @@ def component_names(data_config) -> list[str]:
 def _weights(data_config, count: int) -> list[float]:
   if not data_config.weights:
     return [1.0 / count] * count
-  weights = [float(w) for w in data_config.weights.split(",")]
+  try:
+    weights = [float(w) for w in data_config.weights.split(",")]
+  except ValueError:
+    weights = []
   if len(weights) != count or min(weights) < 0 or sum(weights) <= 0:
-    raise ValueError(
+    raise sources_lib.InputError(
         f"data.weights={data_config.weights!r} must be {count} non-negative "
         f"numbers, one per mixture component ({', '.join(component_names(data_config))}).")
   return [w / sum(weights) for w in weights]

@@ -31,6 +31,7 @@ from array_record.python import array_record_module
 from etils import epath
 import numpy as np
 
+from drope_jax import cli
 from drope_jax.data import sources
 from drope_jax.data import tokenizers
 
@@ -76,8 +77,6 @@ def prepare(*, input_patterns: str, output: str, tokenizer_spec: str,
       "inputs": paths,
   }
   finished = _finished_shards(out, manifest)
-  out.mkdir(parents=True, exist_ok=True)
-  _write_json(out / sources.MANIFEST, _with_splits(manifest, finished.values()))
 
   stats = sources.ReadStats()
   per_file = {}
@@ -89,7 +88,11 @@ def prepare(*, input_patterns: str, output: str, tokenizer_spec: str,
       name = sources.shard_name(split, index)
       shard = finished.get(name)
       if shard is None or shard["documents"] != len(texts):
-        shard = finished[name] = _write_shard(out, name, tokenize(texts), dtype)
+        records = tokenize(texts)
+        if not out.exists():  # only now: input that fails to read writes nothing.
+          out.mkdir(parents=True)
+          _write_json(out / sources.MANIFEST, _with_splits(manifest, []))
+        shard = finished[name] = _write_shard(out, name, records, dtype)
         progress.tokenized += shard["tokens"]
         # Recorded at once: a run stopped after this point keeps this shard.
         _write_json(out / sources.MANIFEST,
@@ -112,6 +115,11 @@ def prepare(*, input_patterns: str, output: str, tokenizer_spec: str,
     raise sources.InputError(f"no documents in {input_patterns!r}: every "
                              "input is empty.")
   manifest = _with_splits(manifest, planned)
+  if not manifest["splits"]["train"]["documents"]:
+    raise sources.InputError(
+        f"all {stats.documents} document(s) went to the eval split "
+        f"(--eval_fraction={eval_fraction}): nothing to train on. Give more "
+        "documents or a smaller --eval_fraction.")
   manifest.update(
       complete=True,
       documents=progress.documents,
@@ -309,14 +317,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   f = flags.FLAGS
-  try:
-    prepare(input_patterns=f.input, output=f.output, tokenizer_spec=f.tokenizer,
-            text_field=f.text_field, workers=f.workers,
-            docs_per_shard=f.docs_per_shard, eval_fraction=f.eval_fraction)
-  except (sources.InputError, FileNotFoundError, ValueError) as e:
-    sys.exit(f"prepare: error: {e}")
+  prepare(input_patterns=f.input, output=f.output, tokenizer_spec=f.tokenizer,
+          text_field=f.text_field, workers=f.workers,
+          docs_per_shard=f.docs_per_shard, eval_fraction=f.eval_fraction)
 
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run(main)

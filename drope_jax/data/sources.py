@@ -9,7 +9,10 @@ The pipeline reads token documents (int32 arrays, no EOS) from:
       DIR/train-NNNNN.array_record   training documents
       DIR/eval-NNNNN.array_record    held-out documents (see `in_eval_split`)
     Each record is one document's token ids as little-endian uint16, uint32 or
-    int32, as the manifest's `dtype` says.
+    int32, as the manifest's `dtype` says. The directory may be on gs://: the
+    ArrayRecord reader opens local files only, so each shard is first copied to a
+    local cache ($DROPE_DATA_CACHE, default ~/.cache/drope_jax/shards) under its
+    SHA-256, checked against the manifest; a cached shard is not fetched again.
 
 Both hold documents out for evaluation by a stable hash of a document key, so
 the eval split never overlaps the training split and never moves.
@@ -29,9 +32,13 @@ from etils import epath
 import grain
 import numpy as np
 
+from drope_jax import errors
+from drope_jax import gcs
 from drope_jax.data import tokenizers as tokenizers_lib
 
 SPLITS = ("train", "eval")
+# More invalid UTF-8 than this in a text file, and it is a binary file, not text.
+_MAX_INVALID_SHARE = 0.3
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "drope_jax.token_shards.v1"
 TEXT_SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".parquet")
@@ -42,7 +49,7 @@ _STDLIB_SKIP_DIRS = frozenset(
      "__pycache__"})
 
 
-class InputError(ValueError):
+class InputError(errors.BadInput, ValueError):
   """Input that cannot be read as asked; the message names the file and fix."""
 
 
@@ -100,7 +107,7 @@ def read_texts(path: str, text_field: str, stats: ReadStats) -> Iterator[str]:
   """
   before = stats.documents
   if path.endswith(".txt"):
-    texts = [_decode(epath.Path(path).read_bytes(), stats)]
+    texts = [_text_file(path, stats)]
   elif path.endswith((".jsonl", ".jsonl.gz")):
     texts = _read_jsonl(path, text_field, stats)
   else:
@@ -124,6 +131,18 @@ def _glob(pattern: str) -> list[str]:
   if not root.is_dir():
     return []
   return sorted(str(p) for p in root.glob("/".join(parts[fixed:])) if p.is_file())
+
+
+def _text_file(path: str, stats: ReadStats) -> str:
+  """A .txt file's text; InputError when it is not text at all (a binary file)."""
+  text = _decode(epath.Path(path).read_bytes(), stats)
+  invalid = text.count("\ufffd") + text.count("\x00")
+  if invalid > _MAX_INVALID_SHARE * len(text):
+    raise InputError(
+        f"{path} is not text: {invalid / len(text):.0%} of its characters are invalid "
+        "UTF-8 or NUL. Give UTF-8 text files (or JSON lines / Parquet with a text "
+        "field), not binary ones.")
+  return text
 
 
 def _decode(data: bytes, stats: ReadStats) -> str:
@@ -204,7 +223,7 @@ class StdlibSource:
                eval_fraction: float):
     self._root, self._files = stdlib_files(split, eval_fraction)
     if not self._files:
-      raise ValueError(
+      raise InputError(
           f"the stdlib corpus has no {split} documents with "
           f"eval_fraction={eval_fraction}.")
     self._tokenizer = tokenizer
@@ -238,7 +257,7 @@ class StdlibSource:
 def read_manifest(directory: str) -> dict:
   path = epath.Path(directory) / MANIFEST
   if not path.exists():
-    raise FileNotFoundError(
+    raise InputError(
         f"{directory} is not a prepared data directory (no {MANIFEST}): "
         "make one with `python -m drope_jax.data.prepare`.")
   return json.loads(path.read_text())
@@ -251,27 +270,30 @@ class ShardSource:
                tokenizer: tokenizers_lib.Tokenizer):
     _check_split(split)
     if "://" in directory:
-      # The array_record reader opens local paths only (gs:// hangs in 0.8.6).
-      raise ValueError(
-          f"cannot read shards at {directory}: copy the directory to local "
-          "disk first (e.g. `gcloud storage cp -r`) and point data.paths there.")
+      gcs.check_reachable(directory)
     manifest = read_manifest(directory)
     if not manifest.get("complete"):
-      raise ValueError(
+      raise InputError(
           f"{directory} was not finished by prepare: run the same prepare "
           "command again to complete it.")
     if manifest["tokenizer"] != tokenizer.identity:
-      raise ValueError(
+      raise InputError(
           f"{directory} was tokenized by {manifest['tokenizer_spec']!r} "
           f"({manifest['tokenizer']}), but data.tokenizer is {tokenizer.spec!r} "
           f"({tokenizer.identity}): set --config.data.tokenizer to the one "
           "the shards were made with.")
     shards = manifest["splits"][split]["shards"]
     if not shards:
-      raise ValueError(
-          f"{directory} has no {split} documents: prepare it with a larger "
-          "--eval_fraction (or more documents).")
+      fraction = manifest["settings"]["eval_fraction"]
+      fix = ("a larger --eval_fraction" if split == "eval" else
+             "a smaller --eval_fraction" if fraction > 0 else "more documents")
+      raise InputError(
+          f"{directory} has no {split} documents (prepared with --eval_fraction="
+          f"{fraction} from {manifest.get('documents', 0)} documents): prepare it "
+          f"again into a new --output with {fix}.")
     self._paths = [str(epath.Path(directory) / s["file"]) for s in shards]
+    if "://" in directory:  # the ArrayRecord reader hangs on gs:// (0.8.6).
+      self._paths = [local_copy(p, s["sha256"]) for p, s in zip(self._paths, shards)]
     self._records = grain.sources.ArrayRecordDataSource(self._paths)
     self._dtype = np.dtype(manifest["dtype"]).newbyteorder("<")
     self._directory = directory
@@ -284,6 +306,34 @@ class ShardSource:
 
   def __repr__(self) -> str:
     return f"ShardSource({self._directory}: {len(self)} documents)"
+
+
+def cache_dir() -> pathlib.Path:
+  return pathlib.Path(os.environ.get(
+      "DROPE_DATA_CACHE", pathlib.Path.home() / ".cache" / "drope_jax" / "shards"))
+
+
+def local_copy(remote: str, sha256: str) -> str:
+  """A local copy of the shard at `remote` whose content has this SHA-256."""
+  local = cache_dir() / f"{sha256}.array_record"
+  if local.exists():
+    return str(local)
+  local.parent.mkdir(parents=True, exist_ok=True)
+  # A unique partial name: processes of one host may fetch the same shard at once.
+  partial = local.with_name(f".{local.name}.{os.getpid()}.partial")
+  digest = hashlib.sha256()
+  with epath.Path(remote).open("rb") as src, partial.open("wb") as dst:
+    for block in iter(lambda: src.read(1 << 24), b""):
+      digest.update(block)
+      dst.write(block)
+  if digest.hexdigest() != sha256:
+    partial.unlink()
+    raise InputError(
+        f"{remote} does not match its manifest (SHA-256 {digest.hexdigest()[:12]}..., "
+        f"expected {sha256[:12]}...): the shard changed or was damaged; prepare the "
+        "directory again.")
+  os.replace(partial, local)
+  return str(local)
 
 
 def token_dtype(vocab_size: int) -> np.dtype:

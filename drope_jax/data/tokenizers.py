@@ -17,12 +17,18 @@ from collections.abc import Sequence
 from etils import epath
 import numpy as np
 
+from drope_jax import errors
+
 BYTE_VOCAB_SIZE = 259
 
 # Names tried, in order, to find the special tokens of a Hugging Face tokenizer.
 _HF_EOS_NAMES = ("<eos>", "</s>", "<|endoftext|>", "[SEP]")
 _HF_BOS_NAMES = ("<bos>", "<s>", "<|begin_of_text|>", "[CLS]")
 _HF_PAD_NAMES = ("<pad>", "[PAD]", "<|pad|>")
+
+
+class TokenizerError(errors.BadInput, ValueError):
+  """A tokenizer spec or file that cannot be used; the message says why."""
 
 
 class Tokenizer(abc.ABC):
@@ -89,11 +95,15 @@ class SentencePieceTokenizer(Tokenizer):
     self.spec = f"sentencepiece:{path}"
     model = _read_bytes(path, "SentencePiece model")
     self._sha256 = hashlib.sha256(model).hexdigest()
-    self._sp = sentencepiece.SentencePieceProcessor(model_proto=model)
+    try:
+      self._sp = sentencepiece.SentencePieceProcessor(model_proto=model)
+    except RuntimeError as e:
+      raise TokenizerError(f"{path} is not a SentencePiece model ({e}); give the "
+                           ".model file the tokenizer was saved as") from e
     self.vocab_size = self._sp.get_piece_size()
     self.eos_id = self._sp.eos_id()
     if self.eos_id < 0:
-      raise ValueError(
+      raise TokenizerError(
           f"SentencePiece model {path} has no EOS piece; the data pipeline "
           "ends every document with EOS. Train it with eos_id >= 0.")
     # Models trained without BOS/PAD borrow EOS: padding is masked anyway.
@@ -124,12 +134,18 @@ class HuggingFaceTokenizer(Tokenizer):
     self.spec = f"hf:{path}"
     data = _read_bytes(path, "Hugging Face tokenizer")
     self._sha256 = hashlib.sha256(data).hexdigest()
-    self._tok = tokenizers.Tokenizer.from_str(data.decode("utf-8"))
+    try:
+      self._tok = tokenizers.Tokenizer.from_str(data.decode("utf-8"))
+    except Exception as e:  # pylint: disable=broad-except  (the library's own errors)
+      raise TokenizerError(
+          f"{path} is not a Hugging Face tokenizer.json ({type(e).__name__}: "
+          f"{str(e)[:200]}); give the file `tokenizer.save()` or "
+          "`python -m drope_jax.data.train_tokenizer` wrote") from e
     self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
     named = _special_tokens(epath.Path(path).parent / "tokenizer_config.json")
     eos = _find_token(self._tok, named.get("eos_token", ()) + _HF_EOS_NAMES)
     if eos is None:
-      raise ValueError(
+      raise TokenizerError(
           f"Hugging Face tokenizer {path} has none of the EOS tokens "
           f"{', '.join(_HF_EOS_NAMES)}; the data pipeline ends every document "
           "with EOS. Add one as a special token.")
@@ -159,15 +175,15 @@ def get_tokenizer(spec: str) -> Tokenizer:
     return SentencePieceTokenizer(path)
   if kind == "hf" and path:
     return HuggingFaceTokenizer(path)
-  raise ValueError(
+  raise TokenizerError(
       f"unknown tokenizer spec {spec!r}: use 'byte', 'sentencepiece:PATH' "
       "or 'hf:PATH' (a tokenizer.json).")
 
 
 def check_vocab(tokenizer: Tokenizer, model_vocab_size: int) -> None:
-  """Raises ValueError when token ids could index past the embedding table."""
+  """Raises TokenizerError when token ids could index past the embedding table."""
   if tokenizer.vocab_size > model_vocab_size:
-    raise ValueError(
+    raise TokenizerError(
         f"tokenizer {tokenizer.spec!r} has {tokenizer.vocab_size} ids but the "
         f"model's embedding has only model.vocab_size={model_vocab_size}: set "
         f"--config.model.vocab_size to at least {tokenizer.vocab_size} (e.g. "
@@ -204,6 +220,6 @@ def _find_token(tok, names: Sequence[str]) -> int | None:
 
 def _read_bytes(path: str, what: str) -> bytes:
   p = epath.Path(path)
-  if not p.exists():
-    raise FileNotFoundError(f"{what} file not found: {path}")
+  if not p.is_file():
+    raise TokenizerError(f"{what} file not found: {path}")
   return p.read_bytes()

@@ -20,6 +20,7 @@ from tokenizers import models
 from tokenizers import pre_tokenizers
 from tokenizers import trainers
 
+from drope_jax import cli
 from drope_jax.data import sources
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")
@@ -72,11 +73,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   f = flags.FLAGS
   start = time.monotonic()
-  try:
-    tokenizer = train(input_patterns=f.input, vocab_size=f.vocab_size,
-                      text_field=f.text_field, eval_fraction=f.eval_fraction)
-  except (sources.InputError, ValueError) as e:
-    sys.exit(f"train_tokenizer: error: {e}")
+  tokenizer = train(input_patterns=f.input, vocab_size=f.vocab_size,
+                    text_field=f.text_field, eval_fraction=f.eval_fraction)
   output = epath.Path(f.output)
   output.parent.mkdir(parents=True, exist_ok=True)
   output.write_text(tokenizer.to_str(pretty=True))
@@ -86,4 +84,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run(main)

@@ -18,6 +18,7 @@ from flax import nnx
 
 from drope_jax import checkpoint
 from drope_jax import config as config_lib
+from drope_jax import errors
 from drope_jax import optim
 from drope_jax import parallel
 from drope_jax import train_step
@@ -26,7 +27,7 @@ from drope_jax.model import positional as positional_lib
 from drope_jax.model import transformer
 
 
-class RunError(ValueError):
+class RunError(errors.BadInput, ValueError):
   """A workdir or step that cannot be evaluated; the message says why and what to do."""
 
 
@@ -101,6 +102,9 @@ def load_run(workdir: str, step: int | None = None, *, devices=None) -> Run:
     mesh = _mesh(config, devices)
     built, _ = train_step.build(config, mesh, optim.make_optimizer(config.train))
     state, meta = ckpt.restore(step, built.abstract_state)
+  except checkpoint.CorruptCheckpointError as e:
+    raise RunError(f"{e}; evaluate another --step (available: "
+                   f"{', '.join(map(str, steps))})") from e
   finally:
     ckpt.close()
   name = os.path.basename(os.path.normpath(workdir))
