@@ -215,15 +215,48 @@ def _temperature_section(evals):
 
 
 def _analyses_section(out, runs):
-  pngs = []
+  """Where the heads look at the needle (best head per run and length), and the
+  gradient towards non-uniform attention at initialisation, RoPE vs NoPE."""
+  lines, pngs = [], []
+  rows = []
   for run in runs:
-    for name in ("needle_attention", "nonuniformity_grad"):
-      pngs += sorted(glob.glob(os.path.join(out, run, "eval", f"{name}*.png")))
-  if not pngs:
-    return []
-  lines = ["## Analyses", ""]
-  lines += [f"![{os.path.relpath(p, out)}]({os.path.relpath(p, out)})" for p in pngs]
-  return lines + [""]
+    for path in sorted(glob.glob(os.path.join(out, run, "eval", "needle_attention_*.json"))):
+      with open(path) as f:
+        record = json.load(f)
+      centre, chance = record["metrics"]["centre"], record["chance"]["centre"]
+      best = [max(max(heads) for heads in layers) for layers in centre]
+      rows.append(f"| {RUN_NAMES.get(run, run)} | {METHOD_NAMES.get(record['method'], record['method'])} | "
+                  + " | ".join(f"{b:.3f} ({b / c:.1f}x)" for b, c in zip(best, chance)) + " |")
+    pngs += sorted(glob.glob(os.path.join(out, run, "eval", "needle_attention*.png")))
+  if rows:
+    lines += ["## Attention on the needle (analysis)", "",
+              "Mass that the best head puts within +-1 token of the asked needle's value, "
+              "from the last prompt position (the one that starts the answer), averaged over "
+              "NIAH prompts (single, multi-key); in brackets, the multiple of what uniform "
+              "attention would put there (`drope_jax/eval/needle_attention.py`).", "",
+              "| run | method | 1x | 2x | 4x |", "|---|---|---:|---:|---:|", *rows, ""]
+  gradient = os.path.join(out, "rope", "eval", "nonuniformity_grad.json")
+  if os.path.exists(gradient):
+    with open(gradient) as f:
+      record = json.load(f)["nonuniformity"]
+    lines += ["## Why RoPE trains faster: gradients towards non-uniform attention at init", "",
+              "Per layer, the norm of the gradient (w.r.t. that layer's q and k projections) of "
+              "the attention mass on the diagonal and on the previous token, on the same "
+              "initial weights run with RoPE and with NoPE (`drope_jax/eval/nonuniformity.py`).",
+              "", "| layer | diagonal RoPE | NoPE | RoPE / NoPE | previous token RoPE | NoPE | "
+              "RoPE / NoPE |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    for layer, _ in enumerate(record["rope"]["diagonal"]["grad_norm"]):
+      cells = []
+      for objective in ("diagonal", "off_diagonal"):
+        r = record["rope"][objective]["grad_norm"][layer]
+        n = record["nope"][objective]["grad_norm"][layer]
+        cells += [f"{r:.4f}", f"{n:.4f}", f"{r / n:.2f}"]
+      lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+    lines.append("")
+    pngs.append(os.path.join(out, "rope", "eval", "nonuniformity_grad.png"))
+  lines += [f"![{os.path.relpath(p, out)}]({os.path.relpath(p, out)})" for p in pngs
+            if os.path.exists(p)]
+  return lines + ([""] if lines else [])
 
 
 def _claims_section(evals):
