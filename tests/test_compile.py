@@ -61,8 +61,8 @@ def _small_config():
   config = helpers.tiny_config("drope", vocab_size=1024, d_model=512, n_layers=2,
                                n_heads=8, n_kv_heads=8, head_dim=128, d_ff=1024,
                                attention="auto", dtype="bfloat16")
-  config.train.update(batch_size=8, seq_len=256, steps=10)
-  config.drope.drop_at_step = 5
+  config.train.update(batch_size=8, seq_len=256, steps=10, warmup_steps=2)
+  config.drope.update(drop_at_step=5, warmup_steps=2)
   config.mesh.shape = (1, -1, 1)
   return config
 
