@@ -7,13 +7,13 @@ Variants (the `:variant` after a config path) choose the positional recipe:
 import ml_collections
 from ml_collections import config_dict
 
-POS_EMB_VARIANTS = ("rope", "nope", "drope")
+from drope_jax import plan
 
 
 def base_config(variant: str = "drope") -> ml_collections.ConfigDict:
-  if variant not in POS_EMB_VARIANTS:
+  if variant not in plan.POS_EMB:
     raise ValueError(
-        f"unknown config variant {variant!r}: use one of {', '.join(POS_EMB_VARIANTS)}")
+        f"unknown config variant {variant!r}: use one of {', '.join(plan.POS_EMB)}")
   c = ml_collections.ConfigDict()
   c.seed = 0
 
@@ -84,6 +84,7 @@ def base_config(variant: str = "drope") -> ml_collections.ConfigDict:
       warmup_steps=70,
       schedule="cosine",
       reset_optimizer=True,   # fresh AdamW moments at the drop.
+      qk_norm="none",         # none | q | k | qk: QK-norm gains (init 1) added at the drop.
   ))
 
   c.checkpoint = ml_collections.ConfigDict(dict(
@@ -107,18 +108,25 @@ class ConfigError(ValueError):
   """A config value that cannot work; the message names the key and the fix."""
 
 
-_CHOICES = {
-    "model.pos_emb": POS_EMB_VARIANTS,
-    "model.qk_norm": ("none", "q", "k", "qk"),
-    "model.attention": ("auto", "xla", "chunked", "splash", "cudnn"),
-    "model.remat": ("none", "full", "save_dots"),
-    "model.param_dtype": ("float32", "bfloat16"),
-    "model.dtype": ("float32", "bfloat16"),
-    "data.packing": ("concat", "first_fit"),
-    "train.schedule": ("cosine", "constant", "wsd"),
-    "train.on_nan": ("stop", "skip"),
-    "drope.schedule": ("cosine", "constant", "wsd"),
-}
+def _choices() -> dict[str, tuple[str, ...]]:
+  """Each key's allowed values, as the module that owns the choice spells them."""
+  # Imported here: the model modules import parallel, which imports this module.
+  from drope_jax import optim  # pylint: disable=g-import-not-at-top
+  from drope_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from drope_jax.model import kernels  # pylint: disable=g-import-not-at-top
+  return {
+      "model.pos_emb": plan.POS_EMB,
+      "model.qk_norm": plan.QK_NORMS,
+      "model.attention": kernels.IMPLS,
+      "model.remat": ("none", "full", "save_dots"),
+      "model.param_dtype": ("float32", "bfloat16"),
+      "model.dtype": ("float32", "bfloat16"),
+      "data.packing": pipeline.PACKINGS,
+      "train.schedule": optim.SCHEDULES,
+      "train.on_nan": ("stop", "skip"),
+      "drope.schedule": optim.SCHEDULES,
+      "drope.qk_norm": plan.QK_NORMS,
+  }
 
 _POSITIVE = ("model.vocab_size", "model.d_model", "model.n_layers", "model.n_heads",
              "model.n_kv_heads", "model.head_dim", "model.d_ff", "model.attention_chunk",
@@ -136,7 +144,7 @@ def _get(config, dotted: str):
 
 def validate(config) -> None:
   """Raises ConfigError for values that type checks cannot catch."""
-  for key, allowed in _CHOICES.items():
+  for key, allowed in _choices().items():
     if _get(config, key) not in allowed:
       raise ConfigError(f"--config.{key}={_get(config, key)!r} is not valid: use one of "
                         f"{', '.join(allowed)}")
@@ -154,9 +162,14 @@ def validate(config) -> None:
                       f"train.grad_accum={t.grad_accum}")
   if t.warmup_steps < 0 or config.drope.warmup_steps < 0:
     raise ConfigError("warmup steps must be >= 0")
-  if m.pos_emb == "drope" and not 0 < config.drope.drop_at_step < t.steps:
+  phases = plan.make(config).phases
+  if not all(p.start < p.end for p in phases):
     raise ConfigError(f"drope.drop_at_step={config.drope.drop_at_step} must lie inside "
                       f"the run (0 < drop_at_step < train.steps={t.steps})")
+  if config.drope.qk_norm != "none" and len(phases) == 1:
+    raise ConfigError(f"drope.qk_norm={config.drope.qk_norm} adds QK-norm at the drop: "
+                      f"use it with model.pos_emb=drope (here {m.pos_emb}), or set "
+                      "model.qk_norm for the whole run")
   if (config.checkpoint.init_step is not None) and not config.checkpoint.init_from:
     raise ConfigError("checkpoint.init_step needs checkpoint.init_from (the run to start "
                       "from)")

@@ -60,10 +60,3 @@ class Positional:
         [x1 * cos_BS1F - x2 * sin_BS1F, x2 * cos_BS1F + x1 * sin_BS1F], axis=-1)
     return rotated.astype(x_BSHD.dtype)
 
-
-def for_training(model_config, phase: str) -> Positional:
-  """The positional mode of a training phase: 'pretrain' or 'recalibrate'."""
-  kind = model_config.pos_emb
-  if kind == "drope":
-    kind = "rope" if phase == "pretrain" else "nope"
-  return Positional(kind=kind, theta=float(model_config.rope_theta))
