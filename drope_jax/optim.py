@@ -1,4 +1,4 @@
-"""AdamW with clipping, and the learning-rate schedules of both DroPE phases.
+"""AdamW with clipping, and the learning-rate schedule of a run's phases (plan.py).
 
 The learning rate is a pure function of the global step (`lr_schedule`), injected into
 the optimizer state each step. That keeps the schedule exact across restarts and across

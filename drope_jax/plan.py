@@ -72,10 +72,10 @@ class Plan:
     return tuple(p.start for p in self.phases[1:])
 
 
-
 def merge_qk_norms(*qk_norms: str) -> str:
   """The QK-norm with the gains of all of `qk_norms`: ('q', 'k') -> 'qk'."""
-  return "".join(c for c in "qk" if any(c in n.replace("none", "") for n in qk_norms)) or "none"
+  gains = "".join(c for c in "qk" if any(c in n.replace("none", "") for n in qk_norms))
+  return gains or "none"
 
 
 def make(config) -> Plan:
@@ -89,8 +89,9 @@ def make(config) -> Plan:
                        reset_optimizer=False),))
   drop = d.drop_at_step
   # Pretraining's schedule spans the whole run; the drop cuts it short.
-  recalibrate = Schedule(d.schedule, peak=d.lr, warmup=d.warmup_steps, steps=t.steps - drop,
-                         min_ratio=t.min_lr_ratio, decay_fraction=t.decay_fraction)
+  recalibrate = Schedule(d.schedule, peak=d.lr, warmup=d.warmup_steps,
+                         steps=t.steps - drop, min_ratio=t.min_lr_ratio,
+                         decay_fraction=t.decay_fraction)
   return Plan((
       Phase(PRETRAIN, 0, drop, positional("rope"), m.qk_norm, pretrain,
             reset_optimizer=False),

@@ -224,8 +224,9 @@ class Trainer:
           f"{'; '.join(diffs)}. Set these model keys as in that run (only "
           "model.qk_norm may add gains)")
     parts = ("params", "opt_state") if c.init_optimizer else ("params",)
+    first = self.built[self.plan.phases[0]]  # init_from starts a run at step 0.
     try:
-      restored = source.restore_parts(step, self.built[self.plan.phases[0]].abstract_state, parts)
+      restored = source.restore_parts(step, first.abstract_state, parts)
     except ValueError as e:
       raise config_lib.ConfigError(
           f"checkpoint.init_from={c.init_from} (step {step}): {e}"

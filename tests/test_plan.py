@@ -63,6 +63,7 @@ def test_qk_norm_at_the_drop_needs_a_drop():
 def test_lr_schedule_restarts_at_the_drop():
   config = _drope(warmup_steps=4, lr=1e-3)
   t = config.train
+  t.warmup_steps = 5
   pretrain = optax.warmup_cosine_decay_schedule(
       0.0, t.lr, warmup_steps=t.warmup_steps, decay_steps=t.steps,  # the whole run.
       end_value=t.lr * t.min_lr_ratio)
