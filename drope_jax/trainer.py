@@ -303,8 +303,8 @@ class Trainer:
     state = train_step.carry_over(self.built[phase], state,
                                   reset_optimizer=phase.reset_optimizer)
     self.writer.info(
-        f"step {phase.start}: {phase.name} as {phase.positional.kind.upper()} (qk_norm "
-        f"{phase.qk_norm}; optimizer {'reset' if phase.reset_optimizer else 'kept'})")
+        f"step {phase.start}: entering {phase.name} ({phase.positional.kind}, qk_norm "
+        f"{phase.qk_norm}, optimizer {'reset' if phase.reset_optimizer else 'kept'})")
     return state
 
   def _run_phase(self, phase: plan_lib.Phase, state, data_iter, preemption):
