@@ -63,6 +63,7 @@ def _small_config():
                                attention="auto", dtype="bfloat16")
   config.train.update(batch_size=8, seq_len=256, steps=10)
   config.drope.drop_at_step = 5
+  config.train.warmup_steps = config.drope.warmup_steps = 2  # within each phase.
   config.mesh.shape = (1, -1, 1)
   return config
 
