@@ -22,8 +22,8 @@ from configs import tiny
 from drope_jax import checkpoint
 from drope_jax import optim
 from drope_jax import parallel
+from drope_jax import plan as plan_lib
 from drope_jax import train_step
-from drope_jax.model import positional as positional_lib
 
 _MODELS = flags.DEFINE_list("models", ["tiny", "100m"], "tiny (configs/tiny.py), 100m.")
 _SAVES = flags.DEFINE_integer("saves", 3, "Saves timed after the first.")
@@ -69,7 +69,7 @@ def measure(name: str) -> dict:
   built, init = train_step.build(config, mesh, tx)
   step_fn = train_step.make_train_step(
       config, built, optim.lr_schedule(config),
-      positional_lib.for_training(config.model, "pretrain"))
+      plan_lib.make(config).phases[0].positional)
   state, batch = init(), _batch(config, mesh)
   directory = epath.Path(_DIRECTORY.value) / name
   if directory.exists():

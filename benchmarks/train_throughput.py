@@ -19,8 +19,8 @@ from ml_collections import config_flags
 from drope_jax import flops
 from drope_jax import optim
 from drope_jax import parallel
+from drope_jax import plan as plan_lib
 from drope_jax import train_step
-from drope_jax.model import positional as positional_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "drope_jax config.")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "untimed steps first (compilation included).")
@@ -37,12 +37,13 @@ def random_batch(config, rng: np.random.Generator) -> dict:
               segment_ids=np.ones(shape, np.int32), weights=np.ones(shape, np.float32))
 
 
-def drope_jax_seconds_per_step(config, warmup: int, steps: int, phase="pretrain") -> float:
+def drope_jax_seconds_per_step(config, warmup: int, steps: int) -> float:
+  """Seconds per step of the run's first phase."""
   mesh = parallel.make_mesh(config.mesh)
   tx = optim.make_optimizer(config.train)
   built, init = train_step.build(config, mesh, tx)
   step_fn = train_step.make_train_step(config, built, optim.lr_schedule(config),
-                                       positional_lib.for_training(config.model, phase))
+                                       plan_lib.make(config).phases[0].positional)
   state = init()
   sharding = parallel.batch_sharding(mesh)
   rng = np.random.default_rng(0)

@@ -173,6 +173,8 @@ class Checkpointer:
                      check_meta: Callable[[int, dict], None] | None = None):
     """The newest checkpoint that restores: (step, state, meta), or (None,) * 3.
 
+    `abstract_state` is the restore target, or a function of the step giving it (a
+    run's phases may differ in structure).
     `check_meta(step, meta)` runs before the state is read; what it raises (say, a
     config that does not fit the checkpoint) propagates: that is not corruption.
     Checkpoints newer than the one used that failed are moved aside. When none
@@ -190,7 +192,8 @@ class Checkpointer:
         if check_meta is not None:
           check_meta(step, meta)
         try:
-          state, _ = self.restore(step, abstract_state, data_iter)
+          target = abstract_state(step) if callable(abstract_state) else abstract_state
+          state, _ = self.restore(step, target, data_iter)
         except Exception as e:  # pylint: disable=broad-except
           error = e
         if _all_agree(error is None):

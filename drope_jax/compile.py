@@ -33,14 +33,14 @@ from drope_jax import config as config_lib
 from drope_jax import flops
 from drope_jax import optim
 from drope_jax import parallel
+from drope_jax import plan as plan_lib
 from drope_jax import train_step
-from drope_jax.model import positional as positional_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with a variant: configs/llama_7b.py:drope.",
     lock_config=True)
 _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU slice, e.g. v5p-128 or v5e:4x4.")
-_PHASE = flags.DEFINE_enum("phase", "all", ["all", "pretrain", "recalibrate"],
+_PHASE = flags.DEFINE_enum("phase", "all", ["all", *plan_lib.PHASE_NAMES],
                            "Which training phase(s) to compile.")
 flags.mark_flags_as_required(["config", "topology"])
 
@@ -179,17 +179,16 @@ def topology_mesh(config, topology: Topology) -> jax.sharding.Mesh:
   return parallel.make_mesh(config.mesh, topology.devices(num_slices))
 
 
-def compile_phases(config, topology: Topology, phases=("pretrain", "recalibrate")):
+def compile_phases(config, topology: Topology, phases=plan_lib.PHASE_NAMES):
   """Compiles the train step of each of `phases` the config has; yields Reports."""
   config_lib.validate(config)
   mesh = topology_mesh(config, topology)
   tx = optim.make_optimizer(config.train)
-  built, _ = train_step.build(config, mesh, tx)
   batch = abstract_batch(config, mesh)
-  if config.model.pos_emb != "drope":
-    phases = [p for p in phases if p == "pretrain"]
-  for phase in phases:
-    positional = positional_lib.for_training(config.model, phase)
+  plan = plan_lib.make(config)
+  for phase in (p for p in plan.phases if p.name in phases):
+    built, _ = train_step.build(config, mesh, tx, phase.model_config(config.model))
+    positional = phase.positional
     step = train_step.make_train_step(config, built, optim.lr_schedule(config), positional)
     start = time.perf_counter()
     try:
@@ -197,7 +196,7 @@ def compile_phases(config, topology: Topology, phases=("pretrain", "recalibrate"
     except jax.errors.JaxRuntimeError as e:
       if "RESOURCE_EXHAUSTED" not in str(e):
         raise
-      yield Report(phase=phase, positional=positional.kind, argument_bytes=0,
+      yield Report(phase=phase.name, positional=positional.kind, argument_bytes=0,
                    output_bytes=0, alias_bytes=0, temp_bytes=0, code_bytes=0,
                    hbm_bytes=topology.hbm_bytes, tpu_custom_calls=0,
                    compile_seconds=time.perf_counter() - start,
@@ -206,7 +205,7 @@ def compile_phases(config, topology: Topology, phases=("pretrain", "recalibrate"
     seconds = time.perf_counter() - start
     memory = compiled.memory_analysis()
     yield Report(
-        phase=phase, positional=positional.kind,
+        phase=phase.name, positional=positional.kind,
         argument_bytes=memory.argument_size_in_bytes,
         output_bytes=memory.output_size_in_bytes,
         alias_bytes=memory.alias_size_in_bytes,
@@ -264,7 +263,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   config = _CONFIG.value
-  phases = ("pretrain", "recalibrate") if _PHASE.value == "all" else (_PHASE.value,)
+  phases = plan_lib.PHASE_NAMES if _PHASE.value == "all" else (_PHASE.value,)
   topology = parse_topology(_TOPOLOGY.value)
   print(_describe(config, topology), flush=True)
   reports = []

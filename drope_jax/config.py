@@ -8,14 +8,14 @@ import ml_collections
 from ml_collections import config_dict
 
 from drope_jax import errors
-
-POS_EMB_VARIANTS = ("rope", "nope", "drope")
+from drope_jax import plan
+from drope_jax.model import positional
 
 
 def base_config(variant: str = "drope") -> ml_collections.ConfigDict:
-  if variant not in POS_EMB_VARIANTS:
+  if variant not in plan.POS_EMB:
     raise ValueError(
-        f"unknown config variant {variant!r}: use one of {', '.join(POS_EMB_VARIANTS)}")
+        f"unknown config variant {variant!r}: use one of {', '.join(plan.POS_EMB)}")
   c = ml_collections.ConfigDict()
   c.seed = 0
 
@@ -96,6 +96,7 @@ def base_config(variant: str = "drope") -> ml_collections.ConfigDict:
       warmup_steps=70,
       schedule="cosine",
       reset_optimizer=True,   # fresh AdamW moments at the drop.
+      qk_norm="none",         # none | q | k | qk: QK-norm gains (init 1) added at the drop.
   ))
 
   c.checkpoint = ml_collections.ConfigDict(dict(
@@ -125,19 +126,26 @@ class ConfigError(errors.BadInput, ValueError):
   """A config value that cannot work; the message names the key and the fix."""
 
 
-_CHOICES = {
-    "model.pos_emb": POS_EMB_VARIANTS,
-    "model.qk_norm": ("none", "q", "k", "qk", "head_qk"),
-    "model.rope_scaling": ("none", "linear", "dynamic", "yarn", "llama3"),
-    "model.attention": ("auto", "xla", "chunked", "splash", "cudnn"),
-    "model.remat": ("none", "full", "save_dots"),
-    "model.param_dtype": ("float32", "bfloat16"),
-    "model.dtype": ("float32", "bfloat16"),
-    "data.packing": ("concat", "first_fit"),
-    "train.schedule": ("cosine", "constant", "wsd"),
-    "train.on_nan": ("stop", "skip"),
-    "drope.schedule": ("cosine", "constant", "wsd"),
-}
+def _choices() -> dict[str, tuple[str, ...]]:
+  """Each key's allowed values, as the module that owns the choice spells them."""
+  # Imported here: the model modules import parallel, which imports this module.
+  from drope_jax import optim  # pylint: disable=g-import-not-at-top
+  from drope_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from drope_jax.model import kernels  # pylint: disable=g-import-not-at-top
+  return {
+      "model.pos_emb": plan.POS_EMB,
+      "model.qk_norm": plan.QK_NORMS,
+      "model.rope_scaling": tuple(positional.MODEL_SCALINGS),
+      "model.attention": kernels.IMPLS,
+      "model.remat": ("none", "full", "save_dots"),
+      "model.param_dtype": ("float32", "bfloat16"),
+      "model.dtype": ("float32", "bfloat16"),
+      "data.packing": pipeline.PACKINGS,
+      "train.schedule": optim.SCHEDULES,
+      "train.on_nan": ("stop", "skip"),
+      "drope.schedule": optim.SCHEDULES,
+      "drope.qk_norm": plan.DROP_QK_NORMS,
+  }
 
 _POSITIVE = ("model.vocab_size", "model.d_model", "model.n_layers", "model.n_heads",
              "model.n_kv_heads", "model.head_dim", "model.d_ff", "model.attention_chunk",
@@ -155,7 +163,7 @@ def _get(config, dotted: str):
 
 def validate(config) -> None:
   """Raises ConfigError for values that type checks cannot catch."""
-  for key, allowed in _CHOICES.items():
+  for key, allowed in _choices().items():
     if _get(config, key) not in allowed:
       raise ConfigError(f"--config.{key}={_get(config, key)!r} is not valid: use one of "
                         f"{', '.join(allowed)}")
@@ -175,10 +183,19 @@ def validate(config) -> None:
   if t.batch_size % t.grad_accum:
     raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by "
                       f"train.grad_accum={t.grad_accum}")
-  if m.pos_emb == "drope" and not 0 < config.drope.drop_at_step < t.steps:
+  try:
+    phases = plan.make(config).phases
+  except ValueError as e:  # QK-norms that cannot be combined.
+    raise ConfigError(f"drope.qk_norm={config.drope.qk_norm} with model.qk_norm="
+                      f"{m.qk_norm}: {e}") from e
+  if not all(p.start < p.end for p in phases):
     raise ConfigError(f"drope.drop_at_step={config.drope.drop_at_step} must lie inside "
                       f"the run (0 < drop_at_step < train.steps={t.steps})")
-  _validate_optimizer(config)
+  if config.drope.qk_norm != "none" and len(phases) == 1:
+    raise ConfigError(f"drope.qk_norm={config.drope.qk_norm} adds QK-norm at the drop: "
+                      f"use it with model.pos_emb=drope (here {m.pos_emb}), or set "
+                      "model.qk_norm for the whole run")
+  _validate_optimizer(config, phases)
   _check_range("data.eval_fraction", config.data.eval_fraction, 0, 1, high_open=True,
                meaning=": the held-out share of documents")
   _check_range("data.num_workers", config.data.num_workers, 0, None)
@@ -197,10 +214,10 @@ def _check_range(key: str, value, low, high, *, low_open=False, high_open=False,
     raise ConfigError(f"--config.{key}={value} must lie in {interval}{meaning}")
 
 
-def _validate_optimizer(config) -> None:
+def _validate_optimizer(config, phases) -> None:
   """Values AdamW and the schedules accept but that cannot train (a negative lr
   ascends the loss; b2 = 1 never forgets; eps = 0 divides by zero)."""
-  t, d = config.train, config.drope
+  t = config.train
   for key in ("train.lr", "drope.lr"):
     _check_range(key, _get(config, key), 0, None, meaning=": the peak learning rate")
   for key in ("train.b1", "train.b2"):
@@ -216,13 +233,12 @@ def _validate_optimizer(config) -> None:
   _check_range("train.decay_fraction", t.decay_fraction, 0, 1)
   _check_range("train.eval_batches", t.eval_batches, 0, None)
   # Warmup must end inside its phase, or the lr never reaches its peak.
-  has_drop = config.model.pos_emb == "drope"
-  pretrain = d.drop_at_step if has_drop else t.steps
+  has_drop = len(phases) > 1
+  pretrain = phases[0].end - phases[0].start
   _check_range("train.warmup_steps", t.warmup_steps, 0, pretrain,
                meaning=f": it must end within the {'pretraining phase' if has_drop else 'run'}"
                        f" ({pretrain} steps)")
-  if has_drop:
-    drop = d.drop_at_step
-    _check_range("drope.warmup_steps", d.warmup_steps, 0, t.steps - drop,
-                 meaning=f": it must end within the recalibration ({t.steps - drop} "
-                         "steps from drope.drop_at_step to train.steps)")
+  for phase in phases[1:]:
+    _check_range("drope.warmup_steps", phase.schedule.warmup, 0, phase.end - phase.start,
+                 meaning=f": it must end within the recalibration ({phase.end - phase.start}"
+                         " steps from drope.drop_at_step to train.steps)")

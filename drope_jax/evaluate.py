@@ -49,6 +49,7 @@ from drope_jax.data import needles
 from drope_jax.eval import perplexity
 from drope_jax.eval import report
 from drope_jax.eval import temperature
+from drope_jax.model import kernels
 from drope_jax.model import rope_scaling
 from drope_jax.model.positional import Positional
 
@@ -56,8 +57,6 @@ EVALS = ("perplexity", "niah", "needle_attention", "nonuniformity_grad")
 METHODS = {"rope": ("none", "pi", "ntk", "yarn", "dynamic_ntk"),
            "nope": ("none", "temperature")}
 KIND_NAMES = {"rope": "RoPE", "nope": "NoPE"}
-# Beyond this many tokens, quadratic attention gives way to the chunked kernel.
-LONG_CONTEXT = 2048
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.")
@@ -84,8 +83,9 @@ _NIAH_DEPTHS = flags.DEFINE_list(
 _NIAH_VARIANTS = flags.DEFINE_list("niah_variants", list(needles.VARIANTS),
                                    "NIAH variants.")
 _ATTENTION = flags.DEFINE_enum(
-    "attention", None, ["xla", "chunked", "splash", "cudnn", "auto"],
-    f"Attention kernel; default the run's, and chunked beyond {LONG_CONTEXT} tokens.")
+    "attention", None, list(kernels.IMPLS),
+    f"Attention kernel; default the run's, and chunked beyond {kernels.XLA_MAX_LEN} "
+    "tokens.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the NIAH prompts.")
 _NONUNIFORMITY_ROWS = flags.DEFINE_integer(
     "nonuniformity_rows", 8, "nonuniformity_grad: held-out windows of train.seq_len.")
@@ -174,7 +174,7 @@ def attention_for(configured: str, length: int, override: str | None) -> str:
   """The kernel at this length: the chunked kernel keeps long contexts linear."""
   if override:
     return override
-  if length <= LONG_CONTEXT:
+  if length <= kernels.XLA_MAX_LEN:
     return configured
   if configured == "xla" or (configured == "auto" and jax.default_backend() != "tpu"):
     return "chunked"

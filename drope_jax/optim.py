@@ -1,4 +1,4 @@
-"""AdamW with clipping, and the learning-rate schedules of both DroPE phases.
+"""AdamW with clipping, and the learning-rate schedule of a run's phases (plan.py).
 
 The learning rate is a pure function of the global step (`lr_schedule`), injected into
 the optimizer state each step. That keeps the schedule exact across restarts and across
@@ -6,49 +6,38 @@ the drop point, whether or not the AdamW moments are reset there.
 """
 
 import jax
-import jax.numpy as jnp
 import optax
+
+from drope_jax import plan as plan_lib
 
 SCHEDULES = ("cosine", "constant", "wsd")
 
 
-def _phase_schedule(kind: str, *, peak: float, warmup: int, steps: int,
-                    min_ratio: float, decay_fraction: float) -> optax.Schedule:
-  """Warmup then `kind` over `steps` steps in total (the phase's own step count)."""
-  warmup = min(warmup, steps)
-  end = peak * min_ratio
-  if kind == "cosine":
+def _phase_schedule(s: plan_lib.Schedule) -> optax.Schedule:
+  """Warmup then `s.kind` over `s.steps` steps in total (from the phase's start)."""
+  warmup = min(s.warmup, s.steps)
+  end = s.peak * s.min_ratio
+  if s.kind == "cosine":
     return optax.warmup_cosine_decay_schedule(
-        0.0, peak, warmup_steps=warmup, decay_steps=max(steps, warmup + 1), end_value=end)
-  ramp = optax.linear_schedule(0.0, peak, max(warmup, 1))
-  if kind == "constant":
-    return optax.join_schedules([ramp, optax.constant_schedule(peak)], [warmup])
-  if kind == "wsd":
-    decay = max(int(steps * decay_fraction), 1)
-    stable = max(steps - decay - warmup, 0)
+        0.0, s.peak, warmup_steps=warmup, decay_steps=max(s.steps, warmup + 1),
+        end_value=end)
+  ramp = optax.linear_schedule(0.0, s.peak, max(warmup, 1))
+  if s.kind == "constant":
+    return optax.join_schedules([ramp, optax.constant_schedule(s.peak)], [warmup])
+  if s.kind == "wsd":
+    decay = max(int(s.steps * s.decay_fraction), 1)
+    stable = max(s.steps - decay - warmup, 0)
     return optax.join_schedules(
-        [ramp, optax.constant_schedule(peak), optax.linear_schedule(peak, end, decay)],
+        [ramp, optax.constant_schedule(s.peak), optax.linear_schedule(s.peak, end, decay)],
         [warmup, warmup + stable])
-  raise ValueError(f"train.schedule={kind!r}: use one of {SCHEDULES}")
+  raise ValueError(f"schedule {s.kind!r}: use one of {SCHEDULES}")
 
 
 def lr_schedule(config) -> optax.Schedule:
-  """Global step -> learning rate, with the recalibration schedule after the drop."""
-  t = config.train
-  pretrain_steps = t.steps
-  has_drop = config.model.pos_emb == "drope"
-  drop_at = config.drope.drop_at_step
-  pretrain = _phase_schedule(t.schedule, peak=t.lr, warmup=t.warmup_steps,
-                             steps=pretrain_steps, min_ratio=t.min_lr_ratio,
-                             decay_fraction=t.decay_fraction)
-  if not has_drop:
-    return pretrain
-  recalibrate = _phase_schedule(config.drope.schedule, peak=config.drope.lr,
-                                warmup=config.drope.warmup_steps,
-                                steps=t.steps - drop_at, min_ratio=t.min_lr_ratio,
-                                decay_fraction=t.decay_fraction)
-  return lambda step: jnp.where(step < drop_at, pretrain(step),
-                                recalibrate(jnp.maximum(step - drop_at, 0)))
+  """Global step -> learning rate: each phase's schedule, restarted at its start."""
+  phases = plan_lib.make(config).phases
+  return optax.join_schedules([_phase_schedule(p.schedule) for p in phases],
+                              [p.start for p in phases[1:]])
 
 
 def _decay_mask(params):

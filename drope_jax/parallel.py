@@ -185,22 +185,33 @@ def batch_sharding(mesh) -> NamedSharding:
   return logical_sharding(mesh, ("batch", "seq"))
 
 
+def mesh_axes(name: str, mesh) -> tuple[str, ...]:
+  """The axes of `mesh` that logical axis `name` is sharded over."""
+  return tuple(a for a in _mesh_axes(name) if a in mesh.axis_names)
+
+
+def shards(name: str, mesh) -> int:
+  """Into how many pieces `mesh` splits logical axis `name`: rows of a batch must be a
+  multiple of shards('batch', mesh)."""
+  return math.prod(mesh.shape[a] for a in mesh_axes(name, mesh))
+
+
 def check_batch(batch_size: int, grad_accum: int, mesh) -> None:
   """Raises MeshError unless every micro-batch splits evenly over the batch axes, and
   every process feeds its own rows (a batch replicated across processes would make
   each process's data slice a different 'global' batch)."""
-  shards = math.prod(mesh.shape[a] for a in _mesh_axes("batch"))
+  batch_shards = shards("batch", mesh)
   micro = batch_size // grad_accum
-  if micro % shards:
+  if micro % batch_shards:
     raise MeshError(
         f"train.batch_size={batch_size} / train.grad_accum={grad_accum} = {micro} rows "
-        f"per micro-batch do not split over data x fsdp = {shards} devices "
+        f"per micro-batch do not split over data x fsdp = {batch_shards} devices "
         f"(mesh {dict(mesh.shape)}): make train.batch_size a multiple of "
-        f"{shards * grad_accum}")
+        f"{batch_shards * grad_accum}")
   n_processes = len({d.process_index for d in mesh.devices.flat})
-  if shards % n_processes:
+  if batch_shards % n_processes:
     raise MeshError(
-        f"data x fsdp = {shards} (mesh {dict(mesh.shape)}) must be a multiple of the "
+        f"data x fsdp = {batch_shards} (mesh {dict(mesh.shape)}) must be a multiple of the "
         f"{n_processes} processes, so each process loads distinct rows: move devices "
         "from 'tensor' to 'data' or 'fsdp'")
 

@@ -1,10 +1,12 @@
-"""The train state and the pure, jitted step functions built for one positional mode.
+"""The train state and the pure, jitted step functions built for one training phase.
 
-    state = init_state(config, mesh)                      # sharded by the logical rules
-    train_step = make_train_step(config, graphdef, tx, lr_fn, positional, shardings)
+    built, init = build(config, mesh, tx, phase.model)    # structure, shardings
+    state = init()                                        # sharded by the logical rules
+    train_step = make_train_step(config, built, lr_fn, phase.positional)
     state, metrics = train_step(state, batch)
 
-A `Positional` is baked into each step function: the DroPE switch builds new ones.
+A `Positional` is baked into each step function: the DroPE switch builds new ones, and
+`carry_over` moves the state onto the next phase's structure (new QK-norm gains).
 """
 
 import dataclasses
@@ -36,11 +38,15 @@ class Built:
   state_shardings: Any
   abstract_state: Any  # ShapeDtypeStructs with shardings: the restore target.
   mesh: jax.sharding.Mesh
+  init: Callable[[], TrainState]  # the initial state, unsharded and unjitted.
 
 
-def build(config, mesh, tx) -> tuple[Built, Callable[[], TrainState]]:
-  """Returns the static parts and an init function producing a sharded TrainState."""
-  model_cfg = transformer.ModelConfig.from_config(config.model)
+def build(config, mesh, tx, model_config=None) -> tuple[Built, Callable[[], TrainState]]:
+  """Returns the static parts and an init function producing a sharded TrainState.
+
+  The model is `model_config` (default `config.model`): a phase may add QK-norm gains.
+  """
+  model_cfg = transformer.ModelConfig.from_config(model_config or config.model)
 
   def init() -> TrainState:
     model = transformer.Transformer(model_cfg, rngs=nnx.Rngs(config.seed))
@@ -58,7 +64,7 @@ def build(config, mesh, tx) -> tuple[Built, Callable[[], TrainState]]:
       lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
       abstract, shardings)
   built = Built(graphdef=graphdef, tx=tx, state_shardings=shardings,
-                abstract_state=abstract, mesh=mesh)
+                abstract_state=abstract, mesh=mesh, init=init)
 
   def init_sharded() -> TrainState:
     with parallel.mesh_context(mesh):
@@ -158,8 +164,28 @@ def make_eval_step(built: Built, positional: Positional):
   return run
 
 
-def reset_optimizer(built: Built, state: TrainState) -> TrainState:
-  """Fresh AdamW moments (and count) for the same parameters, kept sharded."""
-  init = jax.jit(built.tx.init, out_shardings=built.state_shardings.opt_state)
+def carry_over(built: Built, state: TrainState, *, reset_optimizer: bool) -> TrainState:
+  """`state` moved onto `built`'s structure (the next phase's), kept sharded.
+
+  Step and parameters are kept, and the optimizer state unless `reset_optimizer`.
+  What is new here starts as `build`'s init makes it: QK-norm gains at 1 and zero
+  moments (all moments, and the count, when reset).
+  """
+  if not reset_optimizer and (jax.tree.structure(state)
+                              == jax.tree.structure(built.abstract_state)):
+    return state
+  kept = ("step", "params") if reset_optimizer else ("step", "params", "opt_state")
+
+  def carry(state):
+    old = {jax.tree_util.keystr(p): x
+           for p, x in jax.tree_util.tree_flatten_with_path(state)[0]}
+
+    def take(path, fresh):
+      part = path[0].name  # step | params | opt_state
+      return old.get(jax.tree_util.keystr(path), fresh) if part in kept else fresh
+
+    # XLA computes only the init values that are used: those of the new arrays.
+    return jax.tree_util.tree_map_with_path(take, built.init())
+
   with parallel.mesh_context(built.mesh):
-    return state.replace(opt_state=init(state.params))
+    return jax.jit(carry, out_shardings=built.state_shardings, donate_argnums=0)(state)

@@ -1,8 +1,9 @@
 """The training loop: phases, logging, evaluation, checkpoints, resume, preemption.
 
-A run is a list of phases. RoPE and NoPE runs have one ('pretrain'); a DroPE run has
-'pretrain' (RoPE) until `drope.drop_at_step`, then 'recalibrate' (NoPE, fresh schedule,
-optionally fresh AdamW moments). Each phase gets its own jitted step function. Metrics
+A run is the list of phases of its plan (drope_jax/plan.py): RoPE and NoPE runs have
+one; a DroPE run switches to NoPE at `drope.drop_at_step` (fresh schedule, optionally
+fresh AdamW moments and new QK-norm gains). Each phase gets its own jitted step function
+and, where its parameters differ, its own state structure. Metrics
 at step s describe update s (0-based), which starts from checkpoint s; `eval_loss` on
 that line is measured on the weights the update produced (checkpoint s + 1).
 
@@ -12,7 +13,6 @@ architecture or phase split is refused. Without one, `checkpoint.init_from` star
 from another run's weights. SIGTERM saves at the end of the step and exits 0.
 """
 
-import dataclasses
 import os
 import pathlib
 import signal
@@ -32,10 +32,10 @@ from drope_jax import gcs
 from drope_jax import metrics as metrics_lib
 from drope_jax import optim
 from drope_jax import parallel
+from drope_jax import plan as plan_lib
 from drope_jax import train_step
 from drope_jax.data import pipeline
 from drope_jax.data import tokenizers
-from drope_jax.model import positional as positional_lib
 
 
 class NonFiniteLossError(errors.BadInput, RuntimeError):
@@ -50,25 +50,6 @@ def _first_line(error: Exception) -> str:
   """The compiler's own figure ('Used 140.2G of 95.7G hbm'), without the XLA dump."""
   text = str(error).split("RESOURCE_EXHAUSTED:", 1)[-1].strip()
   return text.splitlines()[0][:300] if text else type(error).__name__
-
-
-@dataclasses.dataclass(frozen=True)
-class Phase:
-  name: str   # pretrain | recalibrate
-  start: int  # first step index of the phase.
-  end: int    # one past its last step index.
-
-
-def phases(config) -> list[Phase]:
-  steps = config.train.steps
-  if config.model.pos_emb != "drope":
-    return [Phase("pretrain", 0, steps)]
-  drop = config.drope.drop_at_step
-  return [Phase("pretrain", 0, drop), Phase("recalibrate", drop, steps)]
-
-
-def phase_at(config, step: int) -> str:
-  return next(p.name for p in phases(config) if p.start <= step < p.end or p.end == step)
 
 
 class _Preemption:
@@ -104,7 +85,7 @@ class _Preemption:
 # (qk_norm may be added by init_from: new gains start at 1.)
 ARCHITECTURE_KEYS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads",
                      "head_dim", "d_ff", "tie_embeddings", "qk_norm", "attention_bias")
-_WHOLE_PROJECTION_QK_NORMS = ("none", "q", "k", "qk")
+_WHOLE_PROJECTION_QK_NORMS = plan_lib.DROP_QK_NORMS
 
 
 def architecture_mismatch(saved: dict, model_config, *, new_qk_norm_ok: bool) -> list[str]:
@@ -138,7 +119,7 @@ def _changed_keys(saved: dict, current: dict, prefix: str = "") -> list[str]:
 
 def _check_data(config):
   """The data sources and the tokenizer exist and fit the model's vocabulary."""
-  pipeline.describe(config.data)
+  pipeline.check(config.data)
   tokenizer = pipeline.make_tokenizer(config.data)
   tokenizers.check_vocab(tokenizer, config.model.vocab_size)
 
@@ -157,6 +138,13 @@ def _check_workdir(workdir: str):
     raise config_lib.ConfigError(
         f"--workdir={workdir}: {existing} is not writable by this user; give a "
         "directory you can write to")
+def itstime(count: int, every: int, total: int) -> bool:
+  """Whether a periodic action is due at `count`: every `every`-th, and at `total`.
+
+  Logs count update indices (step 0 is logged); evaluations and checkpoints count
+  updates done (checkpoint `step + 1` follows update `step`).
+  """
+  return count % every == 0 or count == total
 
 
 def _global_batch(local_batch: dict, sharding) -> dict:
@@ -173,10 +161,16 @@ class Trainer:
     _check_workdir(workdir)
     self.config = config
     self.workdir = epath.Path(workdir)
+    self.plan = plan_lib.make(config)
     self.mesh = parallel.make_mesh(config.mesh)
     self.tx = optim.make_optimizer(config.train)
     self.lr_fn = optim.lr_schedule(config)
-    self.built, self._init_fn = train_step.build(config, self.mesh, self.tx)
+    # Each phase's structure and shardings: a phase adding QK-norm gains has its own.
+    builds = {phase: train_step.build(config, self.mesh, self.tx,
+                                      phase.model_config(config.model))
+              for phase in self.plan.phases}
+    self.built = {phase: built for phase, (built, _) in builds.items()}
+    self._init_fn = builds[self.plan.phases[0]][1]
     t = config.train
     if t.batch_size % jax.process_count():
       raise config_lib.ConfigError(
@@ -185,9 +179,8 @@ class Trainer:
     self.local_batch = t.batch_size // jax.process_count()
     self.tokens_per_step = t.batch_size * t.seq_len
     self.batch_sharding = parallel.batch_sharding(self.mesh)
-    keep = (config.drope.drop_at_step,) if config.model.pos_emb == "drope" else ()
     self.ckpt = checkpoint.Checkpointer(str(self.workdir / "checkpoints"),
-                                        config.checkpoint, keep_steps=keep)
+                                        config.checkpoint, keep_steps=self.plan.drop_steps)
     # A gs:// workdir gets its metric files through a local mirror (see gcs.py).
     self.mirror = None
     if gcs.is_remote(workdir) and jax.process_index() == 0:
@@ -210,7 +203,8 @@ class Trainer:
   def _restore_or_init(self, data_iter):
     """The latest checkpoint of this workdir; else checkpoint.init_from; else init."""
     step, state, meta = self.ckpt.restore_latest(
-        self.built.abstract_state, data_iter, check_meta=self._check_resume)
+        lambda step: self.built[self.plan.of_checkpoint(step)].abstract_state, data_iter,
+        check_meta=self._check_resume)
     if state is not None:
       self.writer.info(f"resumed from {self.ckpt.directory}/{step} "
                        f"(phase {meta['phase']}, {meta['tokens_seen']} tokens seen)")
@@ -230,8 +224,9 @@ class Trainer:
           f"{saved['train']['steps']}): resume with --config.train.steps >= {step}, "
           "or use a new --workdir")
     drop_there, drop_here = saved["drope"]["drop_at_step"], self.config.drope.drop_at_step
-    if (saved["model"]["pos_emb"] == self.config.model.pos_emb == "drope"
-        and drop_there != drop_here):
+    # Only between two DroPE runs: a RoPE run's checkpoint may seed a DroPE run.
+    if (plan_lib.drops(saved["model"]["pos_emb"])
+        and plan_lib.drops(self.config.model.pos_emb) and drop_there != drop_here):
       raise config_lib.ConfigError(
           f"{self.ckpt.directory}/{step} belongs to a run that drops RoPE at step "
           f"{drop_there}, not {drop_here}: its schedules and kept checkpoints follow "
@@ -243,14 +238,17 @@ class Trainer:
           f"{self.ckpt.directory}/{step} was written by another architecture: "
           f"{'; '.join(diffs)}. Resume with its config, or use a new --workdir "
           "(with --config.checkpoint.init_from to start from its weights)")
-    phase = phase_at(self.config, step)
-    if meta["phase"] != phase:
+    phase = self.plan.of_checkpoint(step)
+    # Checkpoints written before the plan kept its QK-norm have the config's.
+    there = (meta["phase"], meta.get("qk_norm", saved["model"]["qk_norm"]))
+    if there != (phase.name, phase.qk_norm):
       raise config_lib.ConfigError(
-          f"{self.ckpt.directory}/{step} was written in phase {meta['phase']!r}; this "
-          f"config puts step {step} in {phase!r} (model.pos_emb="
-          f"{self.config.model.pos_emb}, drope.drop_at_step="
-          f"{self.config.drope.drop_at_step}). Resume with the run's own "
-          "model.pos_emb and drope.drop_at_step")
+          f"{self.ckpt.directory}/{step} was written in phase {there[0]!r} with "
+          f"qk_norm {there[1]!r}; this config puts step {step} in {phase.name!r} with "
+          f"qk_norm {phase.qk_norm!r} (model.pos_emb={self.config.model.pos_emb}, "
+          f"drope.drop_at_step={self.config.drope.drop_at_step}, drope.qk_norm="
+          f"{self.config.drope.qk_norm}). Resume with the run's own model.pos_emb and "
+          "drope keys")
     changed = _changed_keys(saved, self.config.to_dict())
     if changed:
       logging.warning("resuming with config changes: %s", "; ".join(changed))
@@ -284,8 +282,9 @@ class Trainer:
           f"{'; '.join(diffs)}. Set these model keys as in that run (only "
           "model.qk_norm may add gains)")
     parts = ("params", "opt_state") if c.init_optimizer else ("params",)
+    first = self.built[self.plan.phases[0]]  # init_from starts a run at step 0.
     try:
-      restored = source.restore_parts(step, self.built.abstract_state, parts)
+      restored = source.restore_parts(step, first.abstract_state, parts)
     except ValueError as e:
       raise config_lib.ConfigError(
           f"checkpoint.init_from={c.init_from} (step {step}): {e}"
@@ -308,7 +307,8 @@ class Trainer:
     return state
 
   def _meta(self, step: int) -> dict:
-    return dict(step=step, phase=phase_at(self.config, step),
+    phase = self.plan.of_checkpoint(step)
+    return dict(step=step, phase=phase.name, qk_norm=phase.qk_norm,
                 tokens_seen=step * self.tokens_per_step,
                 code_version=checkpoint.code_version(),
                 config=self.config.to_dict())
@@ -334,14 +334,12 @@ class Trainer:
   # --- the loop --------------------------------------------------------------------
 
   def run(self):
-    cfg = self.config
     data_iter = self._data_iter("train")
     state = self._restore_or_init(data_iter)
     preemption = _Preemption()
     try:
-      for phase in phases(cfg):
-        step = int(jax.device_get(state.step))
-        if step >= phase.end:
+      for phase in self.plan.phases:
+        if int(jax.device_get(state.step)) >= phase.end:
           continue
         state = self._run_phase(phase, state, data_iter, preemption)
         if state is None:  # preempted: saved and stopping.
@@ -352,7 +350,7 @@ class Trainer:
         raise
       raise OutOfMemoryError(
           f"the train step does not fit in device memory: {_first_line(e)}. Lower "
-          f"train.seq_len ({cfg.train.seq_len}) or train.batch_size, raise "
+          f"train.seq_len ({self.config.train.seq_len}) or train.batch_size, raise "
           "train.grad_accum, set model.remat=full, or shard over more devices "
           "(mesh.shape); `python -m drope_jax.compile` sizes a config without a "
           "device") from e
@@ -363,50 +361,55 @@ class Trainer:
       if self.mirror:
         self.mirror.close()
 
-  def _enter_phase(self, phase: Phase, state, data_iter):
-    if phase.name == "recalibrate" and int(jax.device_get(state.step)) == phase.start:
-      # The drop point: keep the RoPE weights, then continue as NoPE.
-      self._save(state, data_iter)
-      if self.config.drope.reset_optimizer:
-        state = train_step.reset_optimizer(self.built, state)
-      self.writer.info(f"step {phase.start}: dropping RoPE; recalibrating as NoPE "
-                       f"(optimizer {'reset' if self.config.drope.reset_optimizer else 'kept'})")
+  def _enter_phase(self, phase: plan_lib.Phase, state, data_iter):
+    """At a phase's first step (not a resume inside it): keep the previous phase's last
+    state as a checkpoint, then move the state onto this phase's structure."""
+    if phase.start == 0 or int(jax.device_get(state.step)) != phase.start:
+      return state
+    self._save(state, data_iter)
+    state = train_step.carry_over(self.built[phase], state,
+                                  reset_optimizer=phase.reset_optimizer)
+    self.writer.info(
+        f"step {phase.start}: entering {phase.name} ({phase.positional.kind}, qk_norm "
+        f"{phase.qk_norm}, optimizer {'reset' if phase.reset_optimizer else 'kept'})")
     return state
 
-  def _run_phase(self, phase: Phase, state, data_iter, preemption):
+  def _run_phase(self, phase: plan_lib.Phase, state, data_iter, preemption):
     cfg = self.config
     state = self._enter_phase(phase, state, data_iter)
-    positional = positional_lib.for_training(cfg.model, phase.name)
-    step_fn = train_step.make_train_step(cfg, self.built, self.lr_fn, positional)
-    eval_step = train_step.make_eval_step(self.built, positional)
-    pending = None
+    built = self.built[phase]
+    step_fn = train_step.make_train_step(cfg, built, self.lr_fn, phase.positional)
+    eval_step = train_step.make_eval_step(built, phase.positional)
+    pending = []  # (step, metrics on device, extra): read while the next step runs.
     throughput = _Throughput()
+    steps = cfg.train.steps
     for step in range(int(jax.device_get(state.step)), phase.end):
       batch = _global_batch(next(data_iter), self.batch_sharding)
       state, step_metrics = step_fn(state, batch)
-      if pending is not None:  # read the previous step while this one runs.
-        self._report(*pending, throughput=throughput)
       extra = {}
-      if (step + 1) % cfg.train.eval_every == 0 or step + 1 == cfg.train.steps:
+      if itstime(step + 1, cfg.train.eval_every, steps):
         extra["eval_loss"] = self._evaluate(state, eval_step)
-      pending = (step, step_metrics, phase, extra)
+      pending.append((step, step_metrics, extra))
       preempted = preemption.reached(step + 1)
-      if preempted or ((step + 1) % cfg.checkpoint.every_steps == 0
-                       and step + 1 < cfg.train.steps):
-        # Log (and check) the step first: a checkpoint never follows an unseen NaN,
-        # and metrics.jsonl covers every step the checkpoint holds.
-        self._report(*pending, throughput=throughput)
-        pending = None
+      save = preempted or itstime(step + 1, cfg.checkpoint.every_steps, steps)
+      # Before a save this step is logged (and checked) too: a checkpoint never follows
+      # an unseen NaN, and metrics.jsonl covers every step the checkpoint holds.
+      self._flush(pending, phase, throughput, keep=0 if save else 1)
+      if save:
         self._save(state, data_iter)
       if preempted:
         self.ckpt.wait()
         self.writer.info(f"preempted: saved step {step + 1}; exiting cleanly")
         return None
-    if pending is not None:
-      self._report(*pending, throughput=throughput)
+    self._flush(pending, phase, throughput, keep=0)
     return state
 
-  def _report(self, step, step_metrics, phase, extra, *, throughput):
+  def _flush(self, pending: list, phase, throughput, *, keep: int):
+    """Reports all but the newest `keep` pending steps."""
+    while len(pending) > keep:
+      self._report(*pending.pop(0), phase, throughput=throughput)
+
+  def _report(self, step, step_metrics, extra, phase, *, throughput):
     """Checks step `step` for a non-finite loss and logs it when due."""
     cfg = self.config
     m = jax.device_get(step_metrics)
@@ -421,7 +424,7 @@ class Trainer:
       logging.warning("step %d: non-finite loss or gradient; batch skipped", step)
       extra = dict(extra, skipped=True)
     tokens_per_sec = throughput.tick(self.tokens_per_step)
-    if step % cfg.train.log_every and step != cfg.train.steps - 1 and not extra:
+    if not (extra or itstime(step, cfg.train.log_every, cfg.train.steps - 1)):
       return
     record = dict(phase=phase.name, loss=float(m["loss"]), lr=float(m["lr"]),
                   grad_norm=float(m["grad_norm"]),

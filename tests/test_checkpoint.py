@@ -377,3 +377,30 @@ def test_training_data_read_from_gs_resumes_bitwise(tmp_path, monkeypatch):
   assert _resumed_from(output) == 4, output[-3000:]
   _assert_same_state(_state(resumed / "checkpoints", 8),
                      _state(uninterrupted / "checkpoints", 8))
+def test_qk_norm_added_at_the_drop_resumes_on_either_side_bitwise(tmp_path):
+  """drope.qk_norm=q in one job: q_norm gains join at the drop. Resumed from the
+  drop-point checkpoint (no gains yet) or from one after it (gains and their moments),
+  the run ends bitwise equal to the uninterrupted one."""
+  qk_norm = "--config.drope.qk_norm=q"
+  reference = tmp_path / "reference"
+  _Runs(reference, tmp_path / "logs").run(qk_norm)
+  reference_metrics = read_metrics(reference)
+  reference_state = _state(reference / "checkpoints", STEPS)
+  at_drop = _state(reference / "checkpoints", DROP)["params"]["blocks"]
+  assert not any("q_norm" in block["attn"] for block in at_drop.values())
+  for block in reference_state["params"]["blocks"].values():
+    assert not np.all(block["attn"]["q_norm"]["scale"]["value"] == 1.0)  # trained.
+
+  for resume_at in (DROP, DROP + 4):
+    workdir = tmp_path / f"from_{resume_at}"
+    shutil.copytree(reference, workdir)
+    for saved in (workdir / "checkpoints").iterdir():
+      if saved.name.isdigit() and int(saved.name) > resume_at:
+        shutil.rmtree(saved)
+    metrics = workdir / "metrics.jsonl"
+    metrics.write_text("".join(line for line in metrics.read_text().splitlines(True)
+                               if json.loads(line)["step"] < resume_at))
+    _, output = _Runs(workdir, tmp_path / f"logs_{resume_at}").run(qk_norm)
+    assert _resumed_from(output) == resume_at, output[-3000:]
+    _assert_same_state(_state(workdir / "checkpoints", STEPS), reference_state)
+    _assert_same_curve(read_metrics(workdir), reference_metrics)

@@ -13,8 +13,8 @@ from jax.sharding import PartitionSpec as P
 
 from drope_jax import optim
 from drope_jax import parallel
+from drope_jax import plan as plan_lib
 from drope_jax import train_step
-from drope_jax.model import positional as positional_lib
 from tests import helpers
 
 GOLDEN = pathlib.Path(__file__).parent / "golden"
@@ -53,7 +53,7 @@ def _train(config, mesh_shape):
   tx = optim.make_optimizer(config.train)
   built, init = train_step.build(config, mesh, tx)
   step = train_step.make_train_step(config, built, optim.lr_schedule(config),
-                                    positional_lib.for_training(config.model, "pretrain"))
+                                    plan_lib.make(config).phases[0].positional)
   state = init()
   sharding = parallel.batch_sharding(mesh)
   losses = []
@@ -129,7 +129,7 @@ def test_a_batch_that_does_not_split_is_a_clear_config_error():
                               optim.make_optimizer(config.train))
   with pytest.raises(parallel.MeshError, match=r"batch_size=6 .* a multiple of 4"):
     train_step.make_train_step(config, built, optim.lr_schedule(config),
-                               positional_lib.for_training(config.model, "pretrain"))
+                               plan_lib.make(config).phases[0].positional)
 
 
 @pytest.mark.parametrize("shape, dcn, message", [
@@ -148,7 +148,7 @@ def _loss_and_grads(remat: str):
   config = _config(remat=remat)
   model = helpers.build_model(config.model)
   batch = _batches(config, n=1)[0]
-  rope = positional_lib.for_training(config.model, "pretrain")
+  rope = plan_lib.make(config).phases[0].positional
 
   def loss_fn(model):
     logits = model(batch["inputs"], positional=rope, positions_BS=batch["positions"],
@@ -173,7 +173,7 @@ def test_remat_is_in_the_program():
   config = _config(remat="full")
   model = helpers.build_model(config.model)
   tokens = jnp.zeros((1, 8), jnp.int32)
-  rope = positional_lib.for_training(config.model, "pretrain")
+  rope = plan_lib.make(config).phases[0].positional
   graphdef, params = nnx.split(model)
   jaxpr = jax.make_jaxpr(jax.grad(
       lambda p: nnx.merge(graphdef, p)(tokens, positional=rope).sum()))(params)

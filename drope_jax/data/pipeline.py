@@ -113,14 +113,9 @@ def make_iterator(data_config: ml_collections.ConfigDict, *, seq_len: int,
       num_epochs=num_epochs))
 
 
-def describe(data_config: ml_collections.ConfigDict) -> str:
-  """One line for logs: what is read and how it is packed."""
-  names = component_names(data_config)
-  weights = _weights(data_config, len(names))
-  mixture = ", ".join(f"{n} ({w:.0%})" for n, w in zip(names, weights))
-  return (f"data: {mixture}; tokenizer {data_config.tokenizer}; packing "
-          f"{data_config.packing}, document_mask={data_config.document_mask}; "
-          f"{data_config.num_workers} workers")
+def check(data_config: ml_collections.ConfigDict) -> None:
+  """Raises if the sources or their mixture weights cannot be read as configured."""
+  _weights(data_config, len(component_names(data_config)))
 
 
 # --------------------------------------------------------------- documents ---

@@ -5,7 +5,9 @@
     logits = model(tokens_BS, positional=run.positional())
 
 The config comes from the checkpoint's metadata, so evaluation needs nothing but the
-workdir. A DroPE checkpoint taken before the drop is a RoPE model; after it, NoPE.
+workdir; the run's plan says which phase wrote the checkpoint, so its positional mode
+and QK-norm: a DroPE checkpoint taken before the drop is a RoPE model; after it, NoPE.
+Only the parameters are read (no optimizer state).
 """
 
 import dataclasses
@@ -13,14 +15,15 @@ import os
 
 import jax
 import ml_collections
+import optax
 from etils import epath
 from flax import nnx
 
 from drope_jax import checkpoint
 from drope_jax import config as config_lib
 from drope_jax import errors
-from drope_jax import optim
 from drope_jax import parallel
+from drope_jax import plan as plan_lib
 from drope_jax import train_step
 from drope_jax.data import tokenizers
 from drope_jax.model import positional as positional_lib
@@ -37,10 +40,14 @@ class Run:
   name: str
   workdir: str
   step: int
-  phase: str        # pretrain | recalibrate
   config: ml_collections.ConfigDict
   mesh: jax.sharding.Mesh
   params: nnx.State
+  training_phase: plan_lib.Phase  # the phase that wrote the checkpoint.
+
+  @property
+  def phase(self) -> str:
+    return self.training_phase.name
 
   @property
   def train_len(self) -> int:
@@ -48,11 +55,12 @@ class Run:
 
   @property
   def model_config(self) -> transformer.ModelConfig:
-    return transformer.ModelConfig.from_config(self.config.model)
+    return transformer.ModelConfig.from_config(
+        self.training_phase.model_config(self.config.model))
 
   def positional(self) -> positional_lib.Positional:
     """The positional mode the checkpoint was trained in."""
-    return positional_lib.for_training(self.config.model, self.phase)
+    return self.training_phase.positional
 
   def tokenizer(self) -> tokenizers.Tokenizer:
     return tokenizers.get_tokenizer(self.config.data.tokenizer)
@@ -99,17 +107,24 @@ def load_run(workdir: str, step: int | None = None, *, devices=None) -> Run:
   ckpt = _checkpointer(checkpoint_dir(workdir))
   try:
     config = ml_collections.ConfigDict(ckpt.read_meta(step)["config"])
+    plan = plan_lib.make(config)
+    phase = plan.of_checkpoint(step)
     mesh = _mesh(config, devices)
-    built, _ = train_step.build(config, mesh, optim.make_optimizer(config.train))
-    state, meta = ckpt.restore(step, built.abstract_state)
+    # No optimizer: its state stays on disk.
+    built, _ = train_step.build(config, mesh, optax.identity(),
+                                phase.model_config(config.model))
+    restored = ckpt.restore_parts(step, built.abstract_state, ["params"])
   except checkpoint.CorruptCheckpointError as e:
     raise RunError(f"{e}; evaluate another --step (available: "
                    f"{', '.join(map(str, steps))})") from e
   finally:
     ckpt.close()
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, _: restored[("params", *checkpoint.path_key(path))],
+      built.abstract_state.params)
   name = os.path.basename(os.path.normpath(workdir))
-  return Run(name=name, workdir=workdir, step=step, phase=meta["phase"], config=config,
-             mesh=mesh, params=state.params)
+  return Run(name=name, workdir=workdir, step=step, config=config, mesh=mesh,
+             params=params, training_phase=phase)
 
 
 def _checkpointer(directory) -> checkpoint.Checkpointer:
@@ -128,4 +143,4 @@ def _mesh(config, devices) -> jax.sharding.Mesh:
 
 def batch_multiple(mesh: jax.sharding.Mesh) -> int:
   """Rows of an evaluation batch must be a multiple of this (the batch-sharded axes)."""
-  return mesh.shape["data"] * mesh.shape["fsdp"]
+  return parallel.shards("batch", mesh)

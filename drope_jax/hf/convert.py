@@ -32,6 +32,7 @@ from drope_jax import config as config_lib
 from drope_jax import gcs
 from drope_jax import optim
 from drope_jax import parallel
+from drope_jax import plan as plan_lib
 from drope_jax import train_step
 from drope_jax.data import tokenizers
 from drope_jax.hf import architectures
@@ -139,7 +140,8 @@ def import_model(hf_config: dict, tensors: Mapping[str, LazyTensor],
       (source / name).write_bytes(data)
     _write_run_config(epath.Path(workdir), config)
   ckpt = checkpoint.Checkpointer(str(ckpt_dir), config.checkpoint)
-  meta = dict(step=0, phase="pretrain", tokens_seen=0,
+  phase = plan_lib.make(config).of_checkpoint(0)
+  meta = dict(step=0, phase=phase.name, qk_norm=phase.qk_norm, tokens_seen=0,
               code_version=checkpoint.code_version(), config=config.to_dict(),
               imported_from=hf_config.get("_name_or_path") or "hf")
   ckpt.save(0, state, None, meta)

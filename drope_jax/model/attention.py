@@ -13,8 +13,6 @@ from drope_jax.model import kernels
 from drope_jax.model import layers
 from drope_jax.model.positional import Positional
 
-QK_NORMS = ("none", "q", "k", "qk", "head_qk")
-
 
 class Attention(nnx.Module):
 

@@ -21,15 +21,15 @@ import numpy as np
 from jax.experimental.pallas.ops.tpu import splash_attention as splash
 from jax.sharding import PartitionSpec as P
 
+from drope_jax import parallel
+
 IMPLS = ('auto', 'xla', 'chunked', 'splash', 'cudnn')
 
 # Finite, so that a row with no allowed key yet never computes inf - inf.
 _MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 # Above this length the xla kernel's S x S logits dominate memory on CPU.
-_XLA_MAX_LEN = 2048
+XLA_MAX_LEN = 2048
 _SPLASH_BLOCK = 128
-_BATCH_AXES = ('data', 'fsdp')
-_HEAD_AXIS = 'tensor'
 
 
 def attention(q, k, v, *, impl: str = 'auto', scale: float, segment_ids=None,
@@ -121,7 +121,7 @@ def _resolve_impl(impl, q, segment_ids, platform):
     return 'splash'
   if platform == 'gpu' and _cudnn_supports(q.dtype, D, segment_ids):
     return 'cudnn'
-  return 'xla' if S <= _XLA_MAX_LEN else 'chunked'
+  return 'xla' if S <= XLA_MAX_LEN else 'chunked'
 
 
 def _causal_mask(S, segment_ids):
@@ -293,21 +293,19 @@ def _resolve_mesh(mesh):
 def _splash_sharded(local, q, k, v, segment_ids, mesh):
   """Runs `local` per device: batch over data + fsdp, heads over tensor."""
   B, _, H, _ = q.shape
-  batch_axes = tuple(a for a in _BATCH_AXES if a in mesh.axis_names)
-  batch_shards = math.prod(mesh.shape[a] for a in batch_axes)
-  head_shards = mesh.shape.get(_HEAD_AXIS, 1)
+  batch_axes, head_axes = (parallel.mesh_axes(n, mesh) for n in ('batch', 'act_heads'))
+  batch_shards, head_shards = (parallel.shards(n, mesh) for n in ('batch', 'act_heads'))
   if B % batch_shards or H % head_shards:
     raise ValueError(
         f"attention impl='splash': batch {B} must divide by {batch_axes} = "
-        f"{batch_shards} and heads {H} by '{_HEAD_AXIS}' = {head_shards}.")
+        f"{batch_shards} and heads {H} by {head_axes} = {head_shards}.")
   # Repeat kv heads up to lcm(K, head_shards) so each device holds exactly the kv heads
   # its query heads read (a full replica for MQA); grads sum over the copies.
   K = k.shape[2]
   repeats = math.lcm(K, head_shards) // K
   k = jnp.repeat(k, repeats, axis=2)
   v = jnp.repeat(v, repeats, axis=2)
-  head_axis = _HEAD_AXIS if _HEAD_AXIS in mesh.axis_names else None
-  qkv_spec = P(batch_axes, None, head_axis, None)
+  qkv_spec = P(batch_axes, None, head_axes or None, None)
   args, specs = (q, k, v), (qkv_spec,) * 3
   if segment_ids is not None:
     args, specs = args + (segment_ids,), specs + (P(batch_axes, None),)

@@ -70,11 +70,8 @@ MODEL_SCALINGS = {"none": "none", "linear": "pi", "dynamic": "dynamic_ntk",
                   "yarn": "yarn", "llama3": "llama3"}
 
 
-def for_training(model_config, phase: str) -> Positional:
-  """The positional mode of a training phase: 'pretrain' or 'recalibrate'."""
-  kind = model_config.pos_emb
-  if kind == "drope":
-    kind = "rope" if phase == "pretrain" else "nope"
+def of_model(model_config, kind: str) -> Positional:
+  """Positional `kind` ('rope' or 'nope') with the model's own theta and RoPE scaling."""
   theta = float(model_config.rope_theta)
   scaling = model_config.get("rope_scaling", "none")  # older runs lack the key.
   if kind == "nope" or scaling == "none":

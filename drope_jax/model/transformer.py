@@ -19,7 +19,10 @@ from drope_jax.model.positional import Positional
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """The `model` section of a run config, frozen (modules keep it as static data)."""
+  """The `model` section of a run config, frozen (modules keep it as static data).
+
+  The positional keys are not here: the run's plan turns them into a `Positional`.
+  """
   vocab_size: int
   d_model: int
   n_layers: int
@@ -32,8 +35,6 @@ class ModelConfig:
   norm_eps: float
   param_dtype: str
   dtype: str
-  pos_emb: str
-  rope_theta: float
   qk_norm: str
   attention: str
   attention_chunk: int
@@ -48,7 +49,8 @@ class ModelConfig:
 
   @classmethod
   def from_config(cls, model_config) -> "ModelConfig":
-    return cls(**dict(model_config))
+    return cls(**{k: v for k, v in dict(model_config).items()
+                  if k not in ("pos_emb", "rope_theta")})
 
 
 REMAT_POLICIES = {
