@@ -32,10 +32,27 @@ from drope_jax import gcs
 
 STATE, DATA_ITER, META = "state", "data_iter", "meta"
 FINGERPRINTS = "fingerprints"  # META key: {array path: [dtype, fingerprint]}.
+# META key: how the layers' parameters are laid out. Every layer's arrays are stacked
+# under `blocks` ([L, ...]); checkpoints without the key hold `blocks/<i>/...`.
+LAYOUT, STACKED = "param_layout", "stacked_layers"
 
 
 class RestoreError(errors.BadInput, RuntimeError):
   """No checkpoint of a run restores."""
+
+
+class LayoutError(RestoreError):
+  """A checkpoint written with a parameter layout this code no longer reads."""
+
+
+def check_layout(meta: dict, where: str) -> None:
+  if meta.get(LAYOUT) != STACKED:
+    raise LayoutError(
+        f"{where} holds one set of parameters per layer (blocks/0, blocks/1, ...), "
+        "written by drope_jax before layers were stacked under one [n_layers, ...] "
+        "axis (commit 02243cb and older): read it with that version (export it with "
+        "`python -m drope_jax.hf export` there and import it here), or start a new "
+        "--workdir")
 
 
 class CorruptCheckpointError(RestoreError):
@@ -141,7 +158,7 @@ class Checkpointer:
 
   def save(self, step: int, state, data_iter, meta: dict[str, Any]) -> bool:
     self.directory.mkdir(parents=True, exist_ok=True)
-    meta = {**meta, FINGERPRINTS: fingerprints(state)}
+    meta = {**meta, LAYOUT: STACKED, FINGERPRINTS: fingerprints(state)}
     items = {STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}
     if data_iter is not None:
       items[DATA_ITER] = grain.checkpoint.CheckpointSave(data_iter)
@@ -189,6 +206,7 @@ class Checkpointer:
       except Exception as e:  # pylint: disable=broad-except
         error = e
       if _all_agree(error is None):
+        check_layout(meta, f"{self.directory}/{step}")
         if check_meta is not None:
           check_meta(step, meta)
         try:
@@ -235,9 +253,10 @@ class Checkpointer:
     `abstract_state` raises ValueError naming it; corrupt files raise
     CorruptCheckpointError.
     """
-    saved_fingerprints = self.manager.restore(step, args=ocp.args.Composite(
-        **{META: ocp.args.JsonRestore()}))[META].get(FINGERPRINTS)
+    meta = self.manager.restore(step, args=ocp.args.Composite(
+        **{META: ocp.args.JsonRestore()}))[META]
     path = self.directory / str(step) / STATE
+    check_layout(meta, str(path.parent))
     targets = {path_key(p): leaf
                for p, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
     with ocp.PyTreeCheckpointer() as checkpointer:
@@ -257,7 +276,7 @@ class Checkpointer:
       restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
           item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
           partial_restore=True))
-    verify(restored, saved_fingerprints, str(path))
+    verify(restored, meta.get(FINGERPRINTS), str(path))
     return {path_key(p): leaf
             for p, leaf in jax.tree_util.tree_flatten_with_path(restored)[0]}
 

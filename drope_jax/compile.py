@@ -1,13 +1,15 @@
 r"""Ahead-of-time compile of the real train step for a TPU slice, on any host.
 
   python -m drope_jax.compile --config=configs/llama_7b.py:drope --topology=v5p-128 \
-      [--phase=all|pretrain|recalibrate] [--config.train.grad_accum=4 ...]
+      [--phase=all|pretrain|recalibrate] [--scan_layers=both] [--config.train.grad_accum=4 ...]
 
 Needs libtpu (no TPU). Builds the config's mesh from the slice's device descriptions,
 lowers and compiles `train_step.make_train_step` for each training phase (a DroPE run
 has a RoPE and a NoPE phase) on abstract state and batch, and prints per-chip memory
 against the chip's HBM, the parameter count and FLOPs per token, and how many Pallas
 TPU kernels (splash attention) the program holds. Exits 1 when a phase does not fit.
+`--scan_layers=both` compiles every phase with the layers scanned and unrolled, and
+prints their compile seconds, memory and FLOPs side by side.
 
 Topologies: `v4-N` and `v5p-N` count TensorCores (2 per chip), `v5e-N` (or
 `v5litepod-N`) and `v6e-N` count chips; N a power of two. Any chip grid can be given as
@@ -42,6 +44,9 @@ _CONFIG = config_flags.DEFINE_config_file(
 _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU slice, e.g. v5p-128 or v5e:4x4.")
 _PHASE = flags.DEFINE_enum("phase", "all", ["all", *plan_lib.PHASE_NAMES],
                            "Which training phase(s) to compile.")
+_SCAN_LAYERS = flags.DEFINE_enum(
+    "scan_layers", "config", ["config", "both"],
+    "config: as model.scan_layers says; both: scanned and unrolled, side by side.")
 flags.mark_flags_as_required(["config", "topology"])
 
 GiB = 1024**3
@@ -152,6 +157,8 @@ class Report:
   hbm_bytes: int
   tpu_custom_calls: int
   compile_seconds: float
+  flops: float = 0.0    # XLA's count for the step, per chip (custom kernels not counted).
+  scan_layers: bool = True
   out_of_memory: str | None = None  # the compiler's message; the byte counts are then 0.
 
   @property
@@ -200,7 +207,7 @@ def compile_phases(config, topology: Topology, phases=plan_lib.PHASE_NAMES):
                    output_bytes=0, alias_bytes=0, temp_bytes=0, code_bytes=0,
                    hbm_bytes=topology.hbm_bytes, tpu_custom_calls=0,
                    compile_seconds=time.perf_counter() - start,
-                   out_of_memory=str(e).strip())
+                   scan_layers=config.model.scan_layers, out_of_memory=str(e).strip())
       continue
     seconds = time.perf_counter() - start
     memory = compiled.memory_analysis()
@@ -213,7 +220,21 @@ def compile_phases(config, topology: Topology, phases=plan_lib.PHASE_NAMES):
         code_bytes=memory.generated_code_size_in_bytes,
         hbm_bytes=topology.hbm_bytes,
         tpu_custom_calls=compiled.as_text().count('custom_call_target="tpu_custom_call"'),
-        compile_seconds=seconds)
+        compile_seconds=seconds, flops=_flops(compiled),
+        scan_layers=config.model.scan_layers)
+
+
+def _flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # older jax: one per device.
+  return float((cost or {}).get("flops", 0.0))
+
+
+def _with_scan_layers(config, scan: bool):
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.model.scan_layers = scan
+  return config
 
 
 def _gib(n: int) -> str:
@@ -247,9 +268,11 @@ def _format(report: Report) -> str:
     return (f"phase {report.phase} ({report.positional}): DOES NOT FIT "
             f"({report.compile_seconds:.0f} s): {report.out_of_memory}")
   verdict = "fits" if report.fits else "DOES NOT FIT"
+  layers = "scanned" if report.scan_layers else "unrolled"
   return "\n".join([
-      f"phase {report.phase} ({report.positional}): compiled in "
-      f"{report.compile_seconds:.0f} s; tpu_custom_call ops: {report.tpu_custom_calls}",
+      f"phase {report.phase} ({report.positional}, layers {layers}): compiled in "
+      f"{report.compile_seconds:.0f} s; tpu_custom_call ops: {report.tpu_custom_calls}; "
+      f"XLA FLOPs {report.flops:.4g}",
       f"  per chip: arguments {_gib(report.argument_bytes)}, outputs "
       f"{_gib(report.output_bytes)} (aliased to donated arguments "
       f"{_gib(report.alias_bytes)}), temporaries {_gib(report.temp_bytes)}, "
@@ -259,6 +282,17 @@ def _format(report: Report) -> str:
   ])
 
 
+def _side_by_side(reports: list[Report]) -> str:
+  """A markdown table: each phase's scanned and unrolled compile, one row each."""
+  rows = ["| phase | layers | compile s | per-chip total | temporaries | XLA FLOPs |",
+          "|---|---|---:|---:|---:|---:|"]
+  for r in sorted(reports, key=lambda r: (r.phase, not r.scan_layers)):
+    total = "OOM" if r.out_of_memory else _gib(r.total_bytes)
+    rows.append(f"| {r.phase} | {'scanned' if r.scan_layers else 'unrolled'} | "
+                f"{r.compile_seconds:.1f} | {total} | {_gib(r.temp_bytes)} | {r.flops:.4g} |")
+  return "\n".join(rows)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -266,10 +300,16 @@ def main(argv):
   phases = plan_lib.PHASE_NAMES if _PHASE.value == "all" else (_PHASE.value,)
   topology = parse_topology(_TOPOLOGY.value)
   print(_describe(config, topology), flush=True)
+  configs = [config]
+  if _SCAN_LAYERS.value == "both":
+    configs = [_with_scan_layers(config, scan) for scan in (True, False)]
   reports = []
-  for report in compile_phases(config, topology, phases):
-    print(_format(report), flush=True)
-    reports.append(report)
+  for variant in configs:
+    for report in compile_phases(variant, topology, phases):
+      print(_format(report), flush=True)
+      reports.append(report)
+  if len(configs) > 1 and reports:
+    print(_side_by_side(reports), flush=True)
   if not reports:
     cli.fail(f"--phase={_PHASE.value} is not a phase of model.pos_emb="
              f"{config.model.pos_emb}")

@@ -48,6 +48,8 @@ def base_config(variant: str = "drope") -> ml_collections.ConfigDict:
       attention="auto",       # auto | xla | chunked | splash | cudnn.
       attention_chunk=512,    # block size of the `chunked` kernel.
       remat="none",           # none | full | save_dots.
+      # Layers under one lax.scan: XLA compiles one layer instead of n_layers.
+      scan_layers=True,
   ))
 
   c.data = ml_collections.ConfigDict(dict(

@@ -31,6 +31,7 @@ MESH_AXES = ("data", "fsdp", "tensor")
 # the batch with `data`; tensor parallelism splits heads, kv heads, MLP width and the
 # vocabulary, in weights and in the activations between the matmuls they feed.
 RULES = (
+    ("layers", None),  # the stacked layer axis: every device holds its slice of each layer.
     ("batch", ("data", "fsdp")),
     ("vocab", "tensor"),
     ("embed", "fsdp"),

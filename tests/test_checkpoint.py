@@ -322,8 +322,8 @@ def test_init_from_params_only_adds_qk_norm_gains_at_one(reference, tmp_path):
   assert "initialised from" in output and "q_norm" in output
   source = _state(reference_dir / "checkpoints", DROP)
   state = _state(workdir / "checkpoints", 4)
-  for block in state["params"]["blocks"].values():
-    np.testing.assert_array_equal(block["attn"].pop("q_norm")["scale"]["value"], 1.0)
+  blocks = state["params"]["blocks"]  # every layer: [L, ...] arrays.
+  np.testing.assert_array_equal(blocks["attn"].pop("q_norm")["scale"]["value"], 1.0)
   _assert_same_state(state["params"], source["params"])  # lr 0: as loaded.
   assert int(state["opt_state"]["count"]) == 4  # fresh moments.
 
@@ -387,9 +387,10 @@ def test_qk_norm_added_at_the_drop_resumes_on_either_side_bitwise(tmp_path):
   reference_metrics = read_metrics(reference)
   reference_state = _state(reference / "checkpoints", STEPS)
   at_drop = _state(reference / "checkpoints", DROP)["params"]["blocks"]
-  assert not any("q_norm" in block["attn"] for block in at_drop.values())
-  for block in reference_state["params"]["blocks"].values():
-    assert not np.all(block["attn"]["q_norm"]["scale"]["value"] == 1.0)  # trained.
+  assert "q_norm" not in at_drop["attn"]
+  q_norm_LHD = reference_state["params"]["blocks"]["attn"]["q_norm"]["scale"]["value"]
+  for layer_q_norm_HD in q_norm_LHD:
+    assert not np.all(layer_q_norm_HD == 1.0)  # trained.
 
   for resume_at in (DROP, DROP + 4):
     workdir = tmp_path / f"from_{resume_at}"

@@ -54,7 +54,7 @@ def test_saved_on_8_devices_restores_on_4_and_on_1_with_the_same_values(tmp_path
   for shape in [(1, 2, 2), (1, 1, 1)]:
     built, _ = _built(config, shape)
     step, restored, meta = _checkpointer(tmp_path).restore_latest(built.abstract_state)
-    assert step == 5 and meta == {"step": 5}
+    assert step == 5 and meta == {"step": 5, checkpoint.LAYOUT: checkpoint.STACKED}
     _assert_equal(restored, state)
     n = shape[0] * shape[1] * shape[2]
     assert {len(x.sharding.device_set) for x in jax.tree.leaves(restored)} <= {1, n}
@@ -112,7 +112,7 @@ def test_a_corrupt_latest_checkpoint_is_skipped_with_a_warning_and_moved_aside(
   monkeypatch.setattr(logging, "warning", lambda msg, *a: warnings.append(msg % a))
   ckpt = _checkpointer(directory)
   step, restored, meta = ckpt.restore_latest(built.abstract_state)
-  assert step == 2 and meta == {"step": 2}
+  assert step == 2 and meta == {"step": 2, checkpoint.LAYOUT: checkpoint.STACKED}
   _assert_equal(restored, states[2])
   assert any("/3 could not be restored" in w for w in warnings), warnings
   assert (directory / "3.corrupt" / "state").is_dir()
@@ -146,7 +146,7 @@ def test_params_restore_into_a_model_with_new_qk_norm_gains(three_checkpoints):
 def test_a_saved_array_that_does_not_fit_is_named(three_checkpoints):
   directory, _, _ = three_checkpoints
   built, _ = _built(helpers.tiny_config(d_ff=48), (1, 1, 1))
-  with pytest.raises(ValueError, match=r"params/blocks/0/mlp/down_FE/value \(64, 32\)"):
+  with pytest.raises(ValueError, match=r"params/blocks/mlp/down_FE/value \(2, 64, 32\)"):
     _checkpointer(directory).restore_parts(2, built.abstract_state, ["params"])
 
 
@@ -197,3 +197,20 @@ def test_init_from_a_corrupt_checkpoint_is_refused(three_checkpoints):
   _overwrite_a_block(directory / "2", states[2])
   with pytest.raises(checkpoint.CorruptCheckpointError, match="files are corrupt"):
     _checkpointer(directory).restore_parts(2, built.abstract_state, ["params"])
+
+
+def test_a_checkpoint_of_per_layer_parameters_is_refused_with_the_fix(tmp_path):
+  """Checkpoints from before the stacked layout (blocks/0, blocks/1, ...) are named as
+  such, not tried as corrupt nor moved aside."""
+  built, init = _built(helpers.tiny_config(), (1, 1, 1))
+  ckpt = _checkpointer(tmp_path)
+  meta = {"step": 1, checkpoint.FINGERPRINTS: {}}  # what older versions wrote.
+  ckpt.manager.save(1, args=checkpoint.ocp.args.Composite(
+      state=checkpoint.ocp.args.StandardSave(init()),
+      meta=checkpoint.ocp.args.JsonSave(meta)), force=True)
+  ckpt.close()
+  with pytest.raises(checkpoint.LayoutError, match="before layers were stacked"):
+    _checkpointer(tmp_path).restore_latest(built.abstract_state)
+  with pytest.raises(checkpoint.LayoutError, match="start a new --workdir"):
+    _checkpointer(tmp_path).restore_parts(1, built.abstract_state, ["params"])
+  assert _checkpointer(tmp_path).steps() == [1]

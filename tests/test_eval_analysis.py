@@ -133,8 +133,8 @@ def _needle_seeking_model():
   k_EKD = np.zeros((32, 2, 8), np.float32)
   k_EKD[0, 0, 0] = 3.0    # ...which only digits' keys (kv head 0) share.
   model.embed.table_VE[...] = table_VE
-  model.blocks[0].attn.q_EHD[...] = q_EHD
-  model.blocks[0].attn.k_EKD[...] = k_EKD
+  model.blocks.attn.q_EHD[...] = q_EHD[None]  # the model's one layer.
+  model.blocks.attn.k_EKD[...] = k_EKD[None]
   return tokenizer, model
 
 
@@ -157,9 +157,9 @@ def test_a_head_built_to_find_the_needle_reports_centre_mass_one():
 
 def test_nonuniformity_gradient_is_zero_where_attention_cannot_move():
   model = helpers.build_model(helpers.tiny_config().model, seed=0)
-  for block in model.blocks:  # q = k = 0: uniform attention, and no gradient.
-    block.attn.q_EHD[...] = jnp.zeros_like(block.attn.q_EHD[...])
-    block.attn.k_EKD[...] = jnp.zeros_like(block.attn.k_EKD[...])
+  attn = model.blocks.attn  # every layer: q = k = 0, uniform attention, no gradient.
+  attn.q_EHD[...] = jnp.zeros_like(attn.q_EHD[...])
+  attn.k_EKD[...] = jnp.zeros_like(attn.k_EKD[...])
   graphdef, params = nnx.split(model)
   tokens = np.asarray(_tokens(2, 16, 64))
   results = nonuniformity.measure(graphdef, params, [tokens],
@@ -180,8 +180,9 @@ def test_nonuniformity_gradient_of_the_first_layer_matches_a_plain_reference():
   graphdef, params = nnx.split(model)
   result = nonuniformity.measure(graphdef, params, [tokens_BS], mesh=helpers.mesh(),
                                  positionals={"nope": POSITIONALS["nope"]})["nope"]
-  h_BSE = model.blocks[0].attn_norm(model.embed(tokens_BS))
-  attn = model.blocks[0].attn
+  first = model.layer(0)
+  h_BSE = first.attn_norm(model.embed(tokens_BS))
+  attn = first.attn
 
   @functools.partial(jax.jit, static_argnums=2)
   def reference(q_EHD, k_EKD, offset):

@@ -21,8 +21,8 @@ def test_import_on_8_devices_equals_import_on_1(tmp_path):
 
   eight = loading.load_run(str(tmp_path / "eight"))
   assert dict(eight.mesh.shape) == {"data": 1, "fsdp": 4, "tensor": 2}
-  q = _leaves(eight.params)[("blocks", "0", "attn", "q_EHD", "value")]
-  assert tuple(q.sharding.spec)[:2] == ("fsdp", "tensor")
+  q = _leaves(eight.params)[("blocks", "attn", "q_EHD", "value")]
+  assert tuple(q.sharding.spec)[:3] == (None, "fsdp", "tensor")  # [layers, E, H, D]
   one = _leaves(loading.load_run(str(tmp_path / "one"), devices=jax.devices()[:1]).params)
   for key, value in _leaves(eight.params).items():
     np.testing.assert_array_equal(np.asarray(value), np.asarray(one[key]),

@@ -61,14 +61,14 @@ def test_grouped_query_attention_equals_multi_head_with_repeated_kv_heads():
   gqa_config = helpers.tiny_config(n_heads=4, n_kv_heads=2).model
   gqa = helpers.build_model(gqa_config)
   mha = helpers.build_model(helpers.tiny_config(n_heads=4, n_kv_heads=4).model, seed=1)
-  for gqa_block, mha_block in zip(gqa.blocks, mha.blocks):
-    for name in ("k_EKD", "v_EKD"):
-      kv = getattr(gqa_block.attn, name)[...]
-      getattr(mha_block.attn, name)[...] = jnp.repeat(kv, 2, axis=1)
-    mha_block.attn.q_EHD[...] = gqa_block.attn.q_EHD[...]
-    mha_block.attn.out_HDE[...] = gqa_block.attn.out_HDE[...]
-    for part in ("attn_norm", "mlp_norm", "mlp"):
-      _copy_params(getattr(gqa_block, part), getattr(mha_block, part))
+  gqa_block, mha_block = gqa.blocks, mha.blocks  # every layer: [L, ...] parameters.
+  for name in ("k_EKD", "v_EKD"):
+    kv_LEKD = getattr(gqa_block.attn, name)[...]
+    getattr(mha_block.attn, name)[...] = jnp.repeat(kv_LEKD, 2, axis=2)
+  mha_block.attn.q_EHD[...] = gqa_block.attn.q_EHD[...]
+  mha_block.attn.out_HDE[...] = gqa_block.attn.out_HDE[...]
+  for part in ("attn_norm", "mlp_norm", "mlp"):
+    _copy_params(getattr(gqa_block, part), getattr(mha_block, part))
   _copy_params(gqa.embed, mha.embed)
   _copy_params(gqa.final_norm, mha.final_norm)
   tokens = _tokens()
@@ -96,7 +96,7 @@ def test_segment_ids_keep_packed_documents_apart():
 @pytest.mark.parametrize("qk_norm", ["q", "k", "qk"])
 def test_qk_norm_adds_unit_gains_over_the_whole_projection(qk_norm):
   model = helpers.build_model(helpers.tiny_config(qk_norm=qk_norm).model)
-  attn = model.blocks[0].attn
+  attn = model.layer(0).attn
   assert (attn.q_norm is not None) == ("q" in qk_norm)
   assert (attn.k_norm is not None) == ("k" in qk_norm)
   for norm in (attn.q_norm, attn.k_norm):
@@ -107,7 +107,7 @@ def test_qk_norm_adds_unit_gains_over_the_whole_projection(qk_norm):
 
 def test_bfloat16_compute_keeps_float32_master_weights():
   model = helpers.build_model(helpers.tiny_config(dtype="bfloat16").model)
-  assert model.blocks[0].attn.q_EHD[...].dtype == jnp.float32
+  assert model.blocks.attn.q_EHD[...].dtype == jnp.float32
   logits = model(_tokens(), positional=ROPE)
   assert logits.dtype == jnp.float32 and np.isfinite(logits).all()
 
@@ -116,3 +116,28 @@ def test_untied_embeddings_have_their_own_output_projection():
   model = helpers.build_model(helpers.tiny_config(tie_embeddings=False).model)
   assert model.unembed_EV is not None
   assert model(_tokens(), positional=NOPE).shape == (2, 16, 64)
+
+
+@pytest.mark.parametrize("remat", ["none", "full"])
+def test_scanned_layers_equal_unrolled_layers_in_logits_and_gradients(remat):
+  """One parameter layout, two loops over it: lax.scan and the unrolled Python loop."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  config = helpers.tiny_config(remat=remat, qk_norm="qk").model
+  scanned = helpers.build_model(config)
+  config.scan_layers = False
+  unrolled = helpers.build_model(config)
+  params = nnx.state(scanned, nnx.Param)
+  nnx.update(unrolled, params)  # the same arrays: init does not depend on the loop.
+  tokens = _tokens()
+
+  def loss_and_grads(model):
+    graphdef, _ = nnx.split(model, nnx.Param)
+    loss = lambda p: jnp.mean(nnx.merge(graphdef, p)(tokens, positional=ROPE) ** 2)
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+  np.testing.assert_allclose(scanned(tokens, positional=ROPE),
+                             unrolled(tokens, positional=ROPE), rtol=1e-5, atol=1e-5)
+  (loss_s, grads_s), (loss_u, grads_u) = map(loss_and_grads, (scanned, unrolled))
+  np.testing.assert_allclose(loss_s, loss_u, rtol=1e-6)
+  jax.tree.map(lambda s, u: np.testing.assert_allclose(s, u, rtol=1e-4, atol=1e-7),
+               grads_s, grads_u)

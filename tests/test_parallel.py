@@ -109,8 +109,8 @@ def test_optimizer_moments_are_sharded_like_their_params():
 def test_indivisible_weights_fall_back_to_replication():
   # 2 kv heads on tensor=4 and a vocabulary of 66 on tensor=4: replicated, not a crash.
   specs = _param_specs(_config(vocab_size=66), (1, 2, 4))
-  assert specs["['blocks'][0]['attn']['k_EKD'].value"] == ["fsdp", None, None]
-  assert specs["['blocks'][0]['attn']['q_EHD'].value"] == ["fsdp", "tensor", None]
+  assert specs["['blocks']['attn']['k_EKD'].value"] == [None, "fsdp", None, None]
+  assert specs["['blocks']['attn']['q_EHD'].value"] == [None, "fsdp", "tensor", None]
   assert specs["['embed']['table_VE'].value"] == [None, "fsdp"]
 
 

@@ -47,7 +47,8 @@ def layer_inputs(model, tokens_BS, positional: Positional):
   advancing the residual stream with the model's own blocks."""
   positions_BS = positions_of(tokens_BS)
   x_BSE = model.embed(tokens_BS)
-  for block in model.blocks:
+  for i in range(model.cfg.n_layers):
+    block = model.layer(i)
     yield block, block.attn_norm(x_BSE), positions_BS
     x_BSE = block(x_BSE, positions_BS, None, positional)
 

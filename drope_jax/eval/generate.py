@@ -84,12 +84,13 @@ def make_generate_fn(graphdef, positional: Positional, sampling: Sampling, *,
   def decode_rows(model, tokens_B, slots_B, cache):
     """One token per row, each at its own cache slot (vmapped over rows)."""
     def one_row(token, slot, row_cache):
-      row_cache = [(k[None], v[None]) for k, v in row_cache]
+      row_cache = jax.tree.map(lambda x_LTKD: x_LTKD[:, None], row_cache)
       logits_11V, row_cache = model.decode(
           token[None, None], positional=positional, positions_BS=slot[None, None],
           cache=row_cache, cache_index=slot)
-      return logits_11V[0, 0], [(k[0], v[0]) for k, v in row_cache]
-    return jax.vmap(one_row)(tokens_B, slots_B, cache)
+      return logits_11V[0, 0], jax.tree.map(lambda x_L1TKD: x_L1TKD[:, 0], row_cache)
+    # The cache is [L, B, T, K, D]: rows are its axis 1.
+    return jax.vmap(one_row, in_axes=(0, 0, 1), out_axes=(0, 1))(tokens_B, slots_B, cache)
 
   def generate(params, prompts_BP, lengths_B, rng):
     model = nnx.merge(graphdef, params)

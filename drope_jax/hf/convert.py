@@ -17,6 +17,7 @@ WORKDIR/config.json + config.py (the implied run config). Every check runs befor
 anything is written: HFError means nothing was written.
 """
 
+import collections
 import json
 import os
 import tempfile
@@ -25,6 +26,7 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from etils import epath
 
 from drope_jax import checkpoint
@@ -91,9 +93,12 @@ def _check_tokenizer(tokenizer_files: Mapping[str, bytes], vocab_size: int, tmp:
                   f"vocab_size is {vocab_size}: the tokenizer is not this model's")
 
 
-def _place(entry, tensor: LazyTensor, target: jax.ShapeDtypeStruct) -> jax.Array:
-  """Loads one HF tensor and puts our layout of it on `target`'s sharding."""
-  value = entry.to_ours(tensor.load()).astype(target.dtype)
+def _place(entries, tensors: Mapping[str, LazyTensor],
+           target: jax.ShapeDtypeStruct) -> jax.Array:
+  """Loads the HF tensors of one parameter (one per layer when it is stacked) and puts
+  our layout of them on `target`'s sharding."""
+  values = [e.to_ours(tensors[e.hf].load()).astype(target.dtype) for e in entries]
+  value = values[0] if entries[0].layer is None else np.stack(values)
   return jax.make_array_from_callback(target.shape, target.sharding,
                                       lambda index: value[index])
 
@@ -124,7 +129,10 @@ def import_model(hf_config: dict, tensors: Mapping[str, LazyTensor],
   built, _ = train_step.build(config, mesh, tx)
   targets = {checkpoint.path_key(p)[:-1]: leaf for p, leaf in
              jax.tree_util.tree_flatten_with_path(built.abstract_state.params)[0]}
-  placed = {e.ours: _place(e, tensors[e.hf], targets[e.ours]) for e in entries}
+  by_param = collections.defaultdict(list)
+  for e in entries:  # layers in order.
+    by_param[e.ours].append(e)
+  placed = {ours: _place(es, tensors, targets[ours]) for ours, es in by_param.items()}
   params = jax.tree_util.tree_map_with_path(
       lambda p, _: placed[checkpoint.path_key(p)[:-1]], built.abstract_state.params)
   with parallel.mesh_context(mesh):

@@ -80,7 +80,10 @@ def export(workdir: str, out: str, *, step: int | None = None, dtype: str | None
 
   def hf_tensors():
     for entry in tensors_lib.entries(run.config.model):
-      value = np.asarray(jax.device_get(params[entry.ours]))
+      value = params[entry.ours]
+      if entry.layer is not None:
+        value = value[entry.layer]  # one layer at a time from device to host.
+      value = np.asarray(jax.device_get(value))
       yield entry.hf, entry.to_hf(value).astype(_DTYPES[dtype])
 
   out_dir.mkdir(parents=True, exist_ok=True)

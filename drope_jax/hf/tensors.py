@@ -7,7 +7,8 @@ HF linear weights are [out, in]; ours are [in, out] with the heads split out:
   q/k/v_proj.bias [H*D]   <->  q_bias_HD [H, D]
   q_norm.weight [D] (Qwen3, per head) <-> q_norm.scale [D];
   q_norm.weight [H*D] (our whole-projection QK-norm, exported models) <-> [H, D].
-Every map is a reshape and/or a transpose, so round trips are bitwise.
+Every map is a reshape and/or a transpose, so round trips are bitwise. Our layers are
+stacked ([L, ...] under `blocks`): HF's layer i is index i of that leading axis.
 """
 
 import dataclasses
@@ -23,6 +24,7 @@ class Entry:
   hf_shape: tuple[int, ...]
   to_ours: Callable[[np.ndarray], np.ndarray]
   to_hf: Callable[[np.ndarray], np.ndarray]
+  layer: int | None = None  # index into the stacked layer axis of `ours`, if under it.
 
 
 def _matrix(ours, hf, shape_ours):
@@ -51,31 +53,32 @@ def entries(model) -> list[Entry]:
   out = [same(("embed", "table_VE"), "model.embed_tokens.weight", (model.vocab_size, e))]
   per_head = model.qk_norm == "head_qk"
   for i in range(model.n_layers):
-    ours, hf = ("blocks", str(i)), f"model.layers.{i}."
+    ours, hf = ("blocks",), f"model.layers.{i}."
     attn = (*ours, "attn")
-    out += [
+    layer = [
         _matrix((*attn, "q_EHD"), hf + "self_attn.q_proj.weight", (e, h, d)),
         _matrix((*attn, "k_EKD"), hf + "self_attn.k_proj.weight", (e, k, d)),
         _matrix((*attn, "v_EKD"), hf + "self_attn.v_proj.weight", (e, k, d)),
         _output((*attn, "out_HDE"), hf + "self_attn.o_proj.weight", (h, d, e)),
     ]
     if model.get("attention_bias"):
-      out += [_vector((*attn, "q_bias_HD"), hf + "self_attn.q_proj.bias", (h, d)),
-              _vector((*attn, "k_bias_KD"), hf + "self_attn.k_proj.bias", (k, d)),
-              _vector((*attn, "v_bias_KD"), hf + "self_attn.v_proj.bias", (k, d))]
+      layer += [_vector((*attn, "q_bias_HD"), hf + "self_attn.q_proj.bias", (h, d)),
+                _vector((*attn, "k_bias_KD"), hf + "self_attn.k_proj.bias", (k, d)),
+                _vector((*attn, "v_bias_KD"), hf + "self_attn.v_proj.bias", (k, d))]
     if "q" in model.qk_norm:
-      out.append(_vector((*attn, "q_norm", "scale"), hf + "self_attn.q_norm.weight",
-                         (d,) if per_head else (h, d)))
+      layer.append(_vector((*attn, "q_norm", "scale"), hf + "self_attn.q_norm.weight",
+                           (d,) if per_head else (h, d)))
     if "k" in model.qk_norm:
-      out.append(_vector((*attn, "k_norm", "scale"), hf + "self_attn.k_norm.weight",
-                         (d,) if per_head else (k, d)))
-    out += [
+      layer.append(_vector((*attn, "k_norm", "scale"), hf + "self_attn.k_norm.weight",
+                           (d,) if per_head else (k, d)))
+    layer += [
         same((*ours, "attn_norm", "scale"), hf + "input_layernorm.weight", (e,)),
         same((*ours, "mlp_norm", "scale"), hf + "post_attention_layernorm.weight", (e,)),
         _matrix((*ours, "mlp", "gate_EF"), hf + "mlp.gate_proj.weight", (e, f)),
         _matrix((*ours, "mlp", "up_EF"), hf + "mlp.up_proj.weight", (e, f)),
         _matrix((*ours, "mlp", "down_FE"), hf + "mlp.down_proj.weight", (f, e)),
     ]
+    out += [dataclasses.replace(entry, layer=i) for entry in layer]
   out.append(same(("final_norm", "scale"), "model.norm.weight", (e,)))
   if not model.tie_embeddings:
     out.append(_matrix(("unembed_EV",), "lm_head.weight", (e, model.vocab_size)))

@@ -39,6 +39,7 @@ class ModelConfig:
   attention: str
   attention_chunk: int
   remat: str
+  scan_layers: bool = True
   # Keys added later (defaults keep older runs' metadata loadable).
   attention_bias: bool = False
   rope_scaling: str = "none"
@@ -84,13 +85,39 @@ class Block(nnx.Module):
     return x_BSE + self.mlp(self.mlp_norm(x_BSE)), cache
 
 
+def stacked_blocks(cfg, rngs: nnx.Rngs) -> Block:
+  """All layers as one Block whose parameters carry a leading `layers` axis [L, ...].
+
+  One layout whether the forward pass scans the layers or unrolls them, so checkpoints,
+  evaluation and the Hugging Face conversion never depend on `scan_layers`.
+  """
+  @nnx.split_rngs(splits=cfg.n_layers)
+  @nnx.vmap(in_axes=0, out_axes=0, axis_size=cfg.n_layers,
+            transform_metadata={nnx.PARTITION_NAME: "layers"})
+  def make(rngs):
+    return Block(cfg, rngs=rngs)
+
+  return make(rngs)
+
+
+def unstack(tree, n: int) -> list:
+  """[tree of [n, ...] arrays] -> n trees of [...] slices.
+
+  Splitting (whose transpose is one concatenate) rather than indexing n times (n pads of
+  the full [n, ...] gradient, summed) keeps the unrolled backward pass linear in n.
+  """
+  leaves, treedef = jax.tree.flatten(tree)
+  slices = [[jnp.squeeze(x, 0) for x in jnp.split(leaf, n)] for leaf in leaves]
+  return [treedef.unflatten([s[i] for s in slices]) for i in range(n)]
+
+
 class Transformer(nnx.Module):
 
   def __init__(self, cfg, *, rngs: nnx.Rngs):
     self.cfg = cfg
     self.embed = layers.Embedding(cfg.vocab_size, cfg.d_model, std=cfg.init_std,
                                   param_dtype=cfg.param_dtype, dtype=cfg.dtype, rngs=rngs)
-    self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
+    self.blocks = stacked_blocks(cfg, rngs)
     self.final_norm = layers.RMSNorm((cfg.d_model,), ("embed",), eps=cfg.norm_eps,
                                      param_dtype=cfg.param_dtype)
     self.unembed_EV = None if cfg.tie_embeddings else layers.normal_param(
@@ -104,14 +131,39 @@ class Transformer(nnx.Module):
       positions_BS = jnp.broadcast_to(jnp.arange(tokens_BS.shape[1]), tokens_BS.shape)
     x_BSE = self.embed(tokens_BS)
 
-    def run_block(block, x_BSE, positions_BS, segment_ids_BS):
-      return block(x_BSE, positions_BS, segment_ids_BS, positional)
+    def layer(block, x_BSE, _):
+      return block(x_BSE, positions_BS, segment_ids_BS, positional), None
+
+    x_BSE, _ = self._over_layers(layer, x_BSE)
+    return self._logits(x_BSE)
+
+  def _over_layers(self, layer, x, per_layer=None):
+    """Runs `layer(block, x, per_layer_i) -> (x, out_i)` through the layers in order.
+
+    `per_layer` is a tree of [L, ...] arrays (a KV cache) or None; returns x and the
+    outs stacked to [L, ...]. With `scan_layers`, XLA compiles one layer, not L.
+    """
+    graphdef, stacked = nnx.split(self.blocks)
+
+    def body(x, inputs):
+      params, extra = inputs
+      return layer(nnx.merge(graphdef, params), x, extra)
 
     if self.cfg.remat != "none":
-      run_block = nnx.remat(run_block, policy=REMAT_POLICIES[self.cfg.remat])
-    for block in self.blocks:
-      x_BSE = run_block(block, x_BSE, positions_BS, segment_ids_BS)
-    return self._logits(x_BSE)
+      body = jax.checkpoint(body, policy=REMAT_POLICIES[self.cfg.remat],
+                            prevent_cse=not self.cfg.scan_layers)
+    if self.cfg.scan_layers:
+      return jax.lax.scan(body, x, (stacked, per_layer))
+    outs = []
+    for inputs in unstack((stacked, per_layer), self.cfg.n_layers):
+      x, out = body(x, inputs)
+      outs.append(out)
+    return x, jax.tree.map(lambda *o: jnp.stack(o), *outs)
+
+  def layer(self, i: int) -> Block:
+    """Layer i as a Block of its own (a copy: writing to it leaves the model as is)."""
+    graphdef, stacked = nnx.split(self.blocks)
+    return nnx.merge(graphdef, jax.tree.map(lambda x: x[i], stacked))
 
   def _logits(self, x_BSE):
     x_BSE = self.final_norm(x_BSE)
@@ -122,18 +174,16 @@ class Transformer(nnx.Module):
     return parallel.constrain(logits_BSV.astype(jnp.float32), ("batch", "seq", "act_vocab"))
 
   def init_cache(self, batch_size: int, max_len: int, dtype=None):
-    """An empty KV cache: one (k, v) pair of [B, max_len, K, D] per layer."""
+    """An empty KV cache: (k, v), each [L, B, max_len, K, D]."""
     cfg = self.cfg
-    shape = (batch_size, max_len, cfg.n_kv_heads, cfg.head_dim)
+    shape = (cfg.n_layers, batch_size, max_len, cfg.n_kv_heads, cfg.head_dim)
     dtype = dtype or cfg.dtype
-    return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(cfg.n_layers)]
+    return jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
 
   def decode(self, tokens_BS, *, positional: Positional, positions_BS, cache, cache_index):
     """Runs S new tokens against the cache; returns (logits [B, S, V], cache)."""
-    x_BSE = self.embed(tokens_BS)
-    new_cache = []
-    for block, layer_cache in zip(self.blocks, cache):
-      x_BSE, layer_cache = block.decode(x_BSE, positions_BS, positional, layer_cache,
-                                        cache_index)
-      new_cache.append(layer_cache)
-    return self._logits(x_BSE), new_cache
+    def layer(block, x_BSE, layer_cache):
+      return block.decode(x_BSE, positions_BS, positional, layer_cache, cache_index)
+
+    x_BSE, cache = self._over_layers(layer, self.embed(tokens_BS), cache)
+    return self._logits(x_BSE), cache
