@@ -48,9 +48,9 @@ class Attention(nnx.Module):
 
   def _project(self, x_BSE, positions_BS, positional):
     w = lambda p: p[...].astype(self.dtype)
-    q_BSHD = jnp.einsum("bse,ehd->bshd", x_BSE, w(self.q_EHD))
-    k_BSKD = jnp.einsum("bse,ekd->bskd", x_BSE, w(self.k_EKD))
-    v_BSKD = jnp.einsum("bse,ekd->bskd", x_BSE, w(self.v_EKD))
+    q_BSHD = layers.dense(x_BSE, w(self.q_EHD))
+    k_BSKD = layers.dense(x_BSE, w(self.k_EKD))
+    v_BSKD = layers.dense(x_BSE, w(self.v_EKD))
     if self.q_bias_HD is not None:
       q_BSHD, k_BSKD, v_BSKD = (q_BSHD + w(self.q_bias_HD), k_BSKD + w(self.k_bias_KD),
                                 v_BSKD + w(self.v_bias_KD))
@@ -70,7 +70,7 @@ class Attention(nnx.Module):
     out_BSHD = kernels.attention(
         q, k, v, impl=self.impl, scale=positional.logit_scale(q.shape[-1]),
         segment_ids=segment_ids_BS, chunk_size=self.chunk_size)
-    return jnp.einsum("bshd,hde->bse", out_BSHD, self.out_HDE[...].astype(self.dtype))
+    return layers.dense(out_BSHD, self.out_HDE[...].astype(self.dtype), contract=2)
 
   def decode(self, x_BSE, *, positions_BS, positional: Positional, cache, cache_index):
     """Attends over the cache plus the S new tokens written at `cache_index`.
@@ -90,5 +90,5 @@ class Attention(nnx.Module):
     out_BSHD = kernels.masked_attention(
         q, k_cache.astype(q.dtype), v_cache.astype(q.dtype),
         scale=positional.logit_scale(q.shape[-1]), mask=mask_BST)
-    out = jnp.einsum("bshd,hde->bse", out_BSHD, self.out_HDE[...].astype(self.dtype))
+    out = layers.dense(out_BSHD, self.out_HDE[...].astype(self.dtype), contract=2)
     return out, (k_cache, v_cache)

@@ -53,8 +53,9 @@ def attention(q, k, v, *, impl: str = 'auto', scale: float, segment_ids=None,
   platform = _target_platform(mesh)
   impl = _resolve_impl(impl, q, segment_ids, platform)
   if impl == 'xla':
+    # Causal rows always allow their own token: none is fully masked.
     mask_BST = _causal_mask(q.shape[1], segment_ids)
-    return masked_attention(q, k, v, scale=scale, mask=mask_BST)
+    return _softmax_attention(q, k, v, scale=scale, mask=mask_BST).astype(q.dtype)
   if impl == 'chunked':
     return _chunked_attention(q, k, v, segment_ids, scale=scale,
                               chunk_size=chunk_size)
@@ -70,19 +71,23 @@ def masked_attention(q, k, v, *, scale: float, mask):
   q: [B, S, H, D]; k, v: [B, T, K, D]. Used by KV-cache decoding. Rows with no allowed
   key produce zeros, not NaN.
   """
+  out_BSHD = _softmax_attention(q, k, v, scale=scale, mask=mask)
+  # A fully masked row softmaxes to uniform; zero it instead.
+  return jnp.where(mask.any(axis=-1)[:, :, None, None], out_BSHD, 0.0).astype(q.dtype)
+
+
+def _softmax_attention(q, k, v, *, scale: float, mask):
+  """masked_attention without its care for fully masked rows: [B, S, H, D] float32."""
   B, S, H, D = q.shape
   K = k.shape[2]
   q_BSKGD = q.reshape(B, S, K, H // K, D)
   logits_BKGST = jnp.einsum('bskgd,btkd->bkgst', q_BSKGD, k,
                             preferred_element_type=jnp.float32) * scale
-  mask_B11ST = mask[:, None, None]
-  logits_BKGST = jnp.where(mask_B11ST, logits_BKGST, _MASK_VALUE)
+  logits_BKGST = jnp.where(mask[:, None, None], logits_BKGST, _MASK_VALUE)
   probs_BKGST = jax.nn.softmax(logits_BKGST, axis=-1)
-  # A fully masked row softmaxes to uniform; zero it instead.
-  probs_BKGST = jnp.where(mask_B11ST, probs_BKGST, 0.0)
   out_BSKGD = jnp.einsum('bkgst,btkd->bskgd', probs_BKGST.astype(v.dtype), v,
                          preferred_element_type=jnp.float32)
-  return out_BSKGD.reshape(B, S, H, D).astype(q.dtype)
+  return out_BSKGD.reshape(B, S, H, D)
 
 
 def _check_shapes(q, k, v, segment_ids):

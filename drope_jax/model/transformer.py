@@ -170,7 +170,7 @@ class Transformer(nnx.Module):
     if self.unembed_EV is None:
       logits_BSV = self.embed.attend(x_BSE)
     else:
-      logits_BSV = jnp.einsum("bse,ev->bsv", x_BSE, self.unembed_EV[...].astype(x_BSE.dtype))
+      logits_BSV = layers.dense(x_BSE, self.unembed_EV[...].astype(x_BSE.dtype))
     return parallel.constrain(logits_BSV.astype(jnp.float32), ("batch", "seq", "act_vocab"))
 
   def init_cache(self, batch_size: int, max_len: int, dtype=None):
