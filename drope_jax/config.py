@@ -48,7 +48,9 @@ def base_config(variant: str = "drope") -> ml_collections.ConfigDict:
       attention="auto",       # auto | xla | chunked | splash | cudnn.
       attention_chunk=512,    # block size of the `chunked` kernel.
       remat="none",           # none | full | save_dots.
-      # Layers under one lax.scan: XLA compiles one layer instead of n_layers.
+      # Layers under one lax.scan: XLA compiles one layer instead of n_layers (the
+      # ablation_500m step on v5p-8: 40 s instead of 285 s). Parameters are stacked
+      # [n_layers, ...] either way, so checkpoints do not depend on it.
       scan_layers=True,
   ))
 

@@ -214,3 +214,28 @@ def test_a_checkpoint_of_per_layer_parameters_is_refused_with_the_fix(tmp_path):
   with pytest.raises(checkpoint.LayoutError, match="start a new --workdir"):
     _checkpointer(tmp_path).restore_parts(1, built.abstract_state, ["params"])
   assert _checkpointer(tmp_path).steps() == [1]
+
+
+def test_a_scanned_runs_checkpoint_restores_into_an_unrolled_model_and_back(tmp_path):
+  """scan_layers changes the loop, not the layout: the same checkpoint serves both."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from drope_jax.model.positional import Positional  # pylint: disable=g-import-not-at-top
+  configs = {scan: helpers.tiny_config(scan_layers=scan) for scan in (True, False)}
+  tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, 64)
+  logits = {}
+  for written, read in ((True, False), (False, True)):
+    built, init = _built(configs[written], (1, 1, 1))
+    state = init()
+    ckpt = _checkpointer(tmp_path / f"written_scanned_{written}")
+    ckpt.save(1, state, None, {})
+    ckpt.close()
+    target, _ = _built(configs[read], (1, 1, 1))
+    _, restored, _ = _checkpointer(
+        tmp_path / f"written_scanned_{written}").restore_latest(target.abstract_state)
+    _assert_equal(restored, state)
+    for graphdef, params in ((built.graphdef, state.params),
+                             (target.graphdef, restored.params)):
+      model = nnx.merge(graphdef, params)
+      logits[graphdef is built.graphdef] = model(tokens, positional=Positional("rope"))
+    assert np.isfinite(logits[True]).all()
+    np.testing.assert_allclose(logits[True], logits[False], rtol=1e-5, atol=1e-6)
