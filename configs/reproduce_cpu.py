@@ -22,6 +22,7 @@ def get_config(variant: str = "drope"):
   config.model.head_dim = 64
   config.model.d_ff = 768
   config.model.rope_theta = 10_000.0
+  config.model.scan_layers = False  # faster on CPU, as in configs/tiny.py.
 
   config.data.source = "shards,needles"
   # Documents whole in a row: with concat packing most needle documents (about the
