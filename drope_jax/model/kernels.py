@@ -77,17 +77,24 @@ def masked_attention(q, k, v, *, scale: float, mask):
 
 
 def _softmax_attention(q, k, v, *, scale: float, mask):
-  """masked_attention without its care for fully masked rows: [B, S, H, D] float32."""
+  """masked_attention without its care for fully masked rows: [B, S, H, D] float32.
+
+  Heads go first and each kv head's G query heads stack into one [M = G*S, D] matrix,
+  so both products are plain batched matmuls: on CPU ~12% faster, forward and
+  backward, than the equivalent einsums, which XLA feeds through transposing copies.
+  """
   B, S, H, D = q.shape
-  K = k.shape[2]
-  q_BSKGD = q.reshape(B, S, K, H // K, D)
-  logits_BKGST = jnp.einsum('bskgd,btkd->bkgst', q_BSKGD, k,
-                            preferred_element_type=jnp.float32) * scale
-  logits_BKGST = jnp.where(mask[:, None, None], logits_BKGST, _MASK_VALUE)
-  probs_BKGST = jax.nn.softmax(logits_BKGST, axis=-1)
-  out_BSKGD = jnp.einsum('bkgst,btkd->bskgd', probs_BKGST.astype(v.dtype), v,
-                         preferred_element_type=jnp.float32)
-  return out_BSKGD.reshape(B, S, H, D)
+  T, K = k.shape[1], k.shape[2]
+  G = H // K
+  q_BKMD = q.reshape(B, S, K, G, D).transpose(0, 2, 3, 1, 4).reshape(B, K, G * S, D)
+  logits_BKMT = jnp.matmul(q_BKMD, k.transpose(0, 2, 3, 1),
+                           preferred_element_type=jnp.float32) * scale
+  logits_BKGST = jnp.where(mask[:, None, None], logits_BKMT.reshape(B, K, G, S, T),
+                           _MASK_VALUE)
+  probs_BKMT = jax.nn.softmax(logits_BKGST, axis=-1).reshape(B, K, G * S, T)
+  out_BKMD = jnp.matmul(probs_BKMT.astype(v.dtype), v.transpose(0, 2, 1, 3),
+                        preferred_element_type=jnp.float32)
+  return out_BKMD.reshape(B, K, G, S, D).transpose(0, 3, 1, 2, 4).reshape(B, S, H, D)
 
 
 def _check_shapes(q, k, v, segment_ids):
