@@ -78,6 +78,9 @@ def base_config(variant: str = "drope") -> ml_collections.ConfigDict:
       batch_size=16,          # global sequences per optimizer step.
       seq_len=256,
       grad_accum=1,           # micro-batches per step (batch_size must divide evenly).
+      # Cross-entropy over this many positions at a time, so the [batch, seq, vocab]
+      # logits never exist at once (0, or a length not dividing seq_len: all at once).
+      loss_chunk=256,
       lr=3e-4,
       warmup_steps=100,
       schedule="cosine",      # cosine | constant | wsd (warmup-stable-decay).
@@ -187,6 +190,9 @@ def validate(config) -> None:
   if t.batch_size % t.grad_accum:
     raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by "
                       f"train.grad_accum={t.grad_accum}")
+  if t.loss_chunk < 0:
+    raise ConfigError(f"--config.train.loss_chunk={t.loss_chunk} must be >= 0 (0: the "
+                      "whole sequence at once)")
   try:
     phases = plan.make(config).phases
   except ValueError as e:  # QK-norms that cannot be combined.

@@ -73,21 +73,47 @@ def build(config, mesh, tx, model_config=None) -> tuple[Built, Callable[[], Trai
   return built, init_sharded
 
 
-def _loss_sums(graphdef, params, batch, positional):
+def _loss_sums(graphdef, params, batch, positional, chunk: int):
   """Summed token cross-entropy and the summed weights of one (micro)batch."""
   model = nnx.merge(graphdef, params)
-  logits_BSV = model(batch["inputs"], positional=positional,
-                     positions_BS=batch["positions"], segment_ids_BS=batch["segment_ids"])
-  losses_BS = optax.softmax_cross_entropy_with_integer_labels(logits_BSV, batch["targets"])
+  x_BSE = model.hidden(batch["inputs"], positional=positional,
+                       positions_BS=batch["positions"],
+                       segment_ids_BS=batch["segment_ids"])
   weights_BS = batch["weights"]
-  return jnp.sum(losses_BS * weights_BS), jnp.sum(weights_BS)
+  return (cross_entropy_sum(model.logits, x_BSE, batch["targets"], weights_BS, chunk),
+          jnp.sum(weights_BS))
 
 
-def _grads(graphdef, params, batch, positional, grad_accum: int):
+def cross_entropy_sum(logits_fn, x_BSE, targets_BS, weights_BS, chunk: int):
+  """sum(weights * cross-entropy of logits_fn(x)), `chunk` positions at a time.
+
+  The [B, S, V] float32 logits (and their gradient) are the largest arrays of a step
+  with a big vocabulary; chunked, only [B, chunk, V] exist at once and the backward
+  recomputes each chunk's. A chunk that does not divide S, or 0, means one chunk.
+  """
+  def chunk_sum(x_BCE, targets_BC, weights_BC):
+    losses_BC = optax.softmax_cross_entropy_with_integer_labels(logits_fn(x_BCE), targets_BC)
+    return jnp.sum(losses_BC * weights_BC)
+
+  S = x_BSE.shape[1]
+  if not 0 < chunk < S or S % chunk:
+    return chunk_sum(x_BSE, targets_BS, weights_BS)
+  to_chunks = lambda a: jnp.swapaxes(a.reshape(a.shape[0], S // chunk, chunk, *a.shape[2:]),
+                                     0, 1)  # [B, S, ...] -> [S / chunk, B, chunk, ...]
+
+  def add_chunk(total, chunk_inputs):
+    return total + jax.checkpoint(chunk_sum)(*chunk_inputs), None
+
+  total, _ = jax.lax.scan(add_chunk, jnp.zeros((), jnp.float32),
+                          tuple(map(to_chunks, (x_BSE, targets_BS, weights_BS))))
+  return total
+
+
+def _grads(graphdef, params, batch, positional, grad_accum: int, chunk: int):
   """Mean loss and its gradient over the batch, in `grad_accum` sequential micro-batches."""
   def sums_and_grads(micro):
     (loss_sum, weight_sum), grads = jax.value_and_grad(
-        lambda p: _loss_sums(graphdef, p, micro, positional), has_aux=True)(params)
+        lambda p: _loss_sums(graphdef, p, micro, positional, chunk), has_aux=True)(params)
     return loss_sum, weight_sum, grads
 
   if grad_accum == 1:
@@ -118,7 +144,8 @@ def make_train_step(config, built: Built, lr_fn, positional: Positional):
   parallel.check_batch(config.train.batch_size, grad_accum, built.mesh)
 
   def step_fn(state: TrainState, batch) -> tuple[TrainState, dict]:
-    loss, grads = _grads(built.graphdef, state.params, batch, positional, grad_accum)
+    loss, grads = _grads(built.graphdef, state.params, batch, positional, grad_accum,
+                         config.train.loss_chunk)
     grad_norm = optax.global_norm(grads)
     lr = lr_fn(state.step)
     opt_state = state.opt_state
@@ -150,11 +177,12 @@ def _lower(jitted, mesh, state, batch):
     return jitted.lower(state, batch)
 
 
-def make_eval_step(built: Built, positional: Positional):
+def make_eval_step(built: Built, positional: Positional, loss_chunk: int = 0):
   """A jitted (params, batch) -> (summed loss, summed weights)."""
   batch_sharding = parallel.batch_sharding(built.mesh)
   jitted = jax.jit(
-      lambda params, batch: _loss_sums(built.graphdef, params, batch, positional),
+      lambda params, batch: _loss_sums(built.graphdef, params, batch, positional,
+                                       loss_chunk),
       in_shardings=(built.state_shardings.params, batch_sharding))
 
   def run(params, batch):

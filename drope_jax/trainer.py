@@ -379,7 +379,8 @@ class Trainer:
     state = self._enter_phase(phase, state, data_iter)
     built = self.built[phase]
     step_fn = train_step.make_train_step(cfg, built, self.lr_fn, phase.positional)
-    eval_step = train_step.make_eval_step(built, phase.positional)
+    eval_step = train_step.make_eval_step(built, phase.positional,
+                                           cfg.train.loss_chunk)
     pending = []  # (step, metrics on device, extra): read while the next step runs.
     throughput = _Throughput()
     steps = cfg.train.steps

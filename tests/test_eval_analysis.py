@@ -59,7 +59,7 @@ def test_probe_attention_equals_the_models_and_is_a_causal_distribution(name):
     x_BSE = model.embed(tokens_BS)
     for block, _, positions_BS in attention_probe.layer_inputs(model, tokens_BS, positional):
       x_BSE = block(x_BSE, positions_BS, None, positional)
-    return probes, expected, model._logits(x_BSE), model(tokens_BS, positional=positional)
+    return probes, expected, model.logits(x_BSE), model(tokens_BS, positional=positional)
 
   model = helpers.build_model(helpers.tiny_config().model, seed=1)
   with parallel.mesh_context(helpers.mesh()):

@@ -127,6 +127,13 @@ class Transformer(nnx.Module):
   def __call__(self, tokens_BS, *, positional: Positional, positions_BS=None,
                segment_ids_BS=None) -> jax.Array:
     """Returns float32 logits [B, S, V]."""
+    return self.logits(self.hidden(tokens_BS, positional=positional,
+                                   positions_BS=positions_BS,
+                                   segment_ids_BS=segment_ids_BS))
+
+  def hidden(self, tokens_BS, *, positional: Positional, positions_BS=None,
+             segment_ids_BS=None) -> jax.Array:
+    """The residual stream after the last layer [B, S, E]: `logits` takes it on."""
     if positions_BS is None:
       positions_BS = jnp.broadcast_to(jnp.arange(tokens_BS.shape[1]), tokens_BS.shape)
     x_BSE = self.embed(tokens_BS)
@@ -135,7 +142,7 @@ class Transformer(nnx.Module):
       return block(x_BSE, positions_BS, segment_ids_BS, positional), None
 
     x_BSE, _ = self._over_layers(layer, x_BSE)
-    return self._logits(x_BSE)
+    return x_BSE
 
   def _over_layers(self, layer, x, per_layer=None):
     """Runs `layer(block, x, per_layer_i) -> (x, out_i)` through the layers in order.
@@ -165,7 +172,8 @@ class Transformer(nnx.Module):
     graphdef, stacked = nnx.split(self.blocks)
     return nnx.merge(graphdef, jax.tree.map(lambda x: x[i], stacked))
 
-  def _logits(self, x_BSE):
+  def logits(self, x_BSE):
+    """Float32 logits [B, S, V] of the residual stream [B, S, E] (final norm included)."""
     x_BSE = self.final_norm(x_BSE)
     if self.unembed_EV is None:
       logits_BSV = self.embed.attend(x_BSE)
@@ -186,4 +194,4 @@ class Transformer(nnx.Module):
       return block.decode(x_BSE, positions_BS, positional, layer_cache, cache_index)
 
     x_BSE, cache = self._over_layers(layer, self.embed(tokens_BS), cache)
-    return self._logits(x_BSE), cache
+    return self.logits(x_BSE), cache
