@@ -47,6 +47,10 @@ def base_config(variant: str = "drope") -> ml_collections.ConfigDict:
       attention_bias=False,   # biases on the q, k, v projections (Qwen2).
       attention="auto",       # auto | xla | chunked | splash | cudnn.
       attention_chunk=512,    # block size of the `chunked` kernel.
+      # splash block sizes: "" = the table in drope_jax/model/splash_blocks.py (by chip
+      # and sequence length); "q=1024,kv=1024,kv_compute=512" overrides those named
+      # (q, kv, kv_compute, q_dkv, kv_dkv, kv_dkv_compute: multiples of 128 dividing S).
+      splash_block_sizes="",
       remat="none",           # none | full | save_dots.
       # Layers under one lax.scan: XLA compiles one layer instead of n_layers (the
       # ablation_500m step on v5p-8: 40 s instead of 285 s). Parameters are stacked
@@ -170,6 +174,7 @@ def _get(config, dotted: str):
 
 def validate(config) -> None:
   """Raises ConfigError for values that type checks cannot catch."""
+  from drope_jax.model import splash_blocks  # pylint: disable=g-import-not-at-top
   for key, allowed in _choices().items():
     if _get(config, key) not in allowed:
       raise ConfigError(f"--config.{key}={_get(config, key)!r} is not valid: use one of "
@@ -178,6 +183,7 @@ def validate(config) -> None:
     if _get(config, key) <= 0:
       raise ConfigError(f"--config.{key}={_get(config, key)} must be positive")
   m, t = config.model, config.train
+  splash_blocks.parse(m.splash_block_sizes)  # raises ConfigError; S is checked at use.
   if m.n_heads % m.n_kv_heads:
     raise ConfigError(f"model.n_kv_heads={m.n_kv_heads} must divide model.n_heads="
                       f"{m.n_heads} (grouped-query attention)")

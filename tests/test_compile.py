@@ -75,11 +75,25 @@ def test_both_phases_compile_with_splash_kernels_and_a_consistent_memory_report(
   # params, AdamW mu and nu in float32, FSDP over the 4 chips.
   state_per_chip = flops.params_count(config.model)["total"] * 4 * 3 / 4
   for report in reports:
-    # Splash forward, dkv and dq per layer: 'auto' picked the TPU kernels.
-    assert report.tpu_custom_calls == 3 * config.model.n_layers
+    # Splash forward and one fused backward (dq, dk, dv) per layer: 'auto' picked the TPU
+    # kernels, and the fused backward leaves no separate dq kernel (it was 3 per layer).
+    assert report.tpu_custom_calls == 2 * config.model.n_layers
     assert state_per_chip <= report.argument_bytes <= 1.1 * state_per_chip
     assert report.alias_bytes >= 0.9 * state_per_chip  # the donated state is reused.
     assert 0 < report.temp_bytes and report.fits
+
+
+@pytest.mark.parametrize("topology", ["v5e-4", "v6e-4"])
+def test_splash_compiles_and_fits_on_v5e_and_v6e(topology):
+  config = _small_config()
+  config.model.attention = "splash"
+  report, = compile_lib.compile_phases(config, compile_lib.parse_topology(topology),
+                                       phases=("pretrain",))
+  # Per layer: the splash forward and the fused backward (dq, dk, dv in one kernel).
+  assert report.tpu_custom_calls == 2 * config.model.n_layers
+  # libtpu reports 0 HBM temporaries for this small step on these chips, so only the
+  # state is checked: present and fitting.
+  assert report.argument_bytes > 0 and report.fits
 
 
 def _cli(*args):
@@ -93,7 +107,7 @@ def test_the_command_reports_memory_against_hbm():
                 "--config.train.seq_len=128", "--config.mesh.shape=(1,2,2)")
   assert result.returncode == 0, result.stderr[-3000:]
   assert "phase recalibrate (nope)" in result.stdout
-  assert "tpu_custom_call ops: 12" in result.stdout
+  assert "tpu_custom_call ops: 8" in result.stdout  # 4 layers: forward + fused backward.
   assert "of 16.00 GiB HBM" in result.stdout and "fits" in result.stdout
 
 

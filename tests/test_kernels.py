@@ -7,7 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from drope_jax import config as config_lib
 from drope_jax.model import kernels
+from drope_jax.model import splash_blocks
 
 SCALE = 0.35
 FWD_TOL = dict(atol=1e-5, rtol=1e-5)
@@ -37,10 +39,13 @@ def _fwd_and_grads(fn, q, k, v, cotangent):
   return out, vjp(cotangent)
 
 
-@functools.partial(jax.jit, static_argnames=('impl', 'chunk_size', 'mesh'))
-def _run(q, k, v, segment_ids, cotangent, *, impl, chunk_size=512, mesh=None):
+@functools.partial(jax.jit, static_argnames=('impl', 'chunk_size', 'splash_block_sizes',
+                                             'mesh'))
+def _run(q, k, v, segment_ids, cotangent, *, impl, chunk_size=512, splash_block_sizes='',
+         mesh=None):
   fn = functools.partial(kernels.attention, impl=impl, scale=SCALE,
-                         segment_ids=segment_ids, chunk_size=chunk_size, mesh=mesh)
+                         segment_ids=segment_ids, chunk_size=chunk_size,
+                         splash_block_sizes=splash_block_sizes, mesh=mesh)
   return _fwd_and_grads(fn, q, k, v, cotangent)
 
 
@@ -151,6 +156,83 @@ def test_splash_interpret_matches_xla(num_kv_heads, segments):
 def test_splash_sharded_matches_xla(num_kv_heads):
   args = _inputs(4, 256, 4, num_kv_heads, 8)
   _assert_matches_xla(*args, impl='splash', mesh=_mesh())
+
+
+# 128-token blocks on 256 tokens: the fused backward sums partial dq over two kv blocks,
+# and the causal diagonal splits blocks. `_HALF_COMPUTE` also splits each 256-token kv
+# block into two compute steps (the kernel's dq scratch path).
+_SMALL = 'q=128,kv=128,kv_compute=128,q_dkv=128,kv_dkv=128,kv_dkv_compute=128'
+_HALF_COMPUTE = 'q=128,kv=256,kv_compute=128,q_dkv=128,kv_dkv=256,kv_dkv_compute=128'
+
+
+@pytest.mark.parametrize('num_kv_heads,blocks', [
+    (1, _SMALL), (2, _SMALL), (4, _SMALL), (2, _HALF_COMPUTE)])
+def test_splash_fused_backward_with_small_blocks_matches_xla(num_kv_heads, blocks):
+  args = _inputs(2, 256, 4, num_kv_heads, 8, seed=num_kv_heads)
+  _assert_matches_xla(*args, impl='splash', splash_block_sizes=blocks)
+
+
+def test_splash_backward_is_one_fused_kernel():
+  q, k, v, segment_ids, cotangent = _inputs(1, 256, 4, 2, 8)
+  jaxpr = str(jax.make_jaxpr(functools.partial(_run, impl='splash'))(
+      q, k, v, segment_ids, cotangent))
+  assert 'splash_mha_fwd' in jaxpr and 'splash_mha_dkv' in jaxpr
+  assert 'splash_mha_dq' not in jaxpr  # dq comes out of the dkv kernel.
+
+
+@pytest.mark.parametrize('chip', sorted(splash_blocks.TABLE))
+def test_splash_blocks_fit_every_length(chip):
+  kind = {'default': 'cpu', 'tpu_v4': 'TPU v4', 'tpu_v5e': 'TPU v5 lite',
+          'tpu_v5p': 'TPU v5', 'tpu_v6e': 'TPU v6 lite'}[chip]
+  for seq_len in range(128, 32768 + 1, 128):
+    blocks = splash_blocks.choose(kind, seq_len)
+    for name in splash_blocks.NAMES:
+      size = getattr(blocks, name)
+      whole = getattr(blocks, name[:-len('_compute')]) if name.endswith('_compute') else seq_len
+      assert size % 128 == 0 and whole % size == 0, (seq_len, blocks)
+
+
+def test_splash_blocks_follow_chip_and_length():
+  assert splash_blocks.choose('TPU v5', 8192).q > splash_blocks.choose('cpu', 8192).q
+  assert splash_blocks.choose('TPU v6e', 8192) == splash_blocks.choose('TPU v6 lite', 8192)
+  assert splash_blocks.choose('TPU v5', 256) == splash_blocks.choose('cpu', 256)
+  assert splash_blocks.choose(None, 384).q == 384  # 512 does not divide 384.
+
+
+def test_splash_block_override_replaces_only_the_named_sizes():
+  table = splash_blocks.choose('TPU v5', 8192)
+  blocks = splash_blocks.choose('TPU v5', 8192, ' q=256, kv_dkv_compute=128 ')
+  assert (blocks.q, blocks.kv_dkv_compute) == (256, 128)
+  assert (blocks.kv, blocks.q_dkv, blocks.kv_dkv) == (table.kv, table.q_dkv, table.kv_dkv)
+  # A table size shrinks to divide an overridden kv block.
+  assert splash_blocks.choose('TPU v5', 12288, 'kv=384').kv_compute == 384
+
+
+@pytest.mark.parametrize('override,seq_len,match', [
+    ('q=100', 1024, r'q=.100. must be a positive multiple of 128'),
+    ('q=', 1024, 'must be a positive multiple of 128'),
+    ('block_q=512', 1024, "'block_q' is not a block name"),
+    ('q=128,q=256', 1024, 'is repeated'),
+    ('q=512', 768, 'q=512 must divide the sequence length 768'),
+    ('kv=512,kv_compute=384', 1024, 'kv_compute=384 must divide kv=512'),
+])
+def test_bad_splash_block_override_names_the_key(override, seq_len, match):
+  with pytest.raises(config_lib.ConfigError, match=match) as error:
+    splash_blocks.choose('TPU v5', seq_len, override)
+  assert 'model.splash_block_sizes' in str(error.value)
+
+
+def test_config_validation_rejects_a_bad_splash_override():
+  config = config_lib.base_config('rope')
+  config.model.splash_block_sizes = 'q=512,kvv=512'
+  with pytest.raises(config_lib.ConfigError, match="'kvv' is not a block name"):
+    config_lib.validate(config)
+
+
+def test_splash_bad_override_fails_at_the_kernel():
+  q, k, v, _, _ = _inputs(1, 256, 4, 2, 8, segments=False)
+  with pytest.raises(ValueError, match='model.splash_block_sizes'):
+    kernels.attention(q, k, v, impl='splash', scale=SCALE, splash_block_sizes='q=512')
 
 
 def test_splash_uses_ambient_mesh():

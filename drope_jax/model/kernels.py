@@ -22,6 +22,7 @@ from jax.experimental.pallas.ops.tpu import splash_attention as splash
 from jax.sharding import PartitionSpec as P
 
 from drope_jax import parallel
+from drope_jax.model import splash_blocks
 
 IMPLS = ('auto', 'xla', 'chunked', 'splash', 'cudnn')
 
@@ -29,11 +30,10 @@ IMPLS = ('auto', 'xla', 'chunked', 'splash', 'cudnn')
 _MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 # Above this length the xla kernel's S x S logits dominate memory on CPU.
 XLA_MAX_LEN = 2048
-_SPLASH_BLOCK = 128
 
 
 def attention(q, k, v, *, impl: str = 'auto', scale: float, segment_ids=None,
-              chunk_size: int = 512, mesh=None):
+              chunk_size: int = 512, splash_block_sizes: str = '', mesh=None):
   """Causal self-attention. q: [B, S, H, D]; k, v: [B, S, K, D] with K dividing H (GQA; K=1 is MQA).
 
   segment_ids: optional int32 [B, S]; tokens attend only within equal ids (ids are >=0;
@@ -44,13 +44,16 @@ def attention(q, k, v, *, impl: str = 'auto', scale: float, segment_ids=None,
     CPU when S <= 2048 else chunked. Where splash or cudnn cannot take the call (splash:
     S % 128 != 0; cudnn: segment ids, dtype not bf16/fp16, D % 8 != 0 or D > 128), auto
     falls back to the CPU rule.
+  splash_block_sizes: overrides of the splash block-size table (model.splash_block_sizes,
+    see splash_blocks); '' = the table's sizes for this chip and length.
   mesh: optional jax.sharding.Mesh with axes ('data','fsdp','tensor'); splash runs inside
     jax.shard_map over batch (data+fsdp) and heads (tensor). If None, use the ambient mesh
     from jax.sharding.get_abstract_mesh() if it is non-empty, else run unsharded.
   Returns [B, S, H, D] in q.dtype; softmax computed in float32.
   """
   _check_shapes(q, k, v, segment_ids)
-  platform = _target_platform(mesh)
+  device = _target_device(mesh)
+  platform = device.platform
   impl = _resolve_impl(impl, q, segment_ids, platform)
   if impl == 'xla':
     # Causal rows always allow their own token: none is fully masked.
@@ -60,8 +63,8 @@ def attention(q, k, v, *, impl: str = 'auto', scale: float, segment_ids=None,
     return _chunked_attention(q, k, v, segment_ids, scale=scale,
                               chunk_size=chunk_size)
   if impl == 'splash':
-    return _splash_attention(q, k, v, segment_ids, scale=scale, mesh=mesh,
-                             interpret=platform != 'tpu')
+    return _splash_attention(q, k, v, segment_ids, scale=scale, mesh=mesh, device=device,
+                             block_sizes=splash_block_sizes)
   return _cudnn_attention(q, k, v, segment_ids, scale=scale, platform=platform)
 
 
@@ -110,8 +113,9 @@ def _check_shapes(q, k, v, segment_ids):
                      f'{(B, S)}.')
 
 
-def _target_platform(mesh):
-  """'tpu', 'gpu' or 'cpu': the mesh's devices if known, else the default backend.
+def _target_device(mesh):
+  """The device attention runs on (its `platform` and `device_kind`): the mesh's if
+  known, else the default backend's first.
 
   A mesh of TPU device descriptions on a CPU host (ahead-of-time compilation) must get
   the real TPU kernels, so the mesh wins over jax.default_backend().
@@ -119,7 +123,7 @@ def _target_platform(mesh):
   if mesh is None:
     mesh = jax.sharding.get_abstract_mesh()
   device = None if mesh.empty else mesh.abstract_mesh.abstract_device
-  return device.platform if device is not None else jax.default_backend()
+  return device if device is not None else jax.devices()[0]
 
 
 def _resolve_impl(impl, q, segment_ids, platform):
@@ -129,7 +133,7 @@ def _resolve_impl(impl, q, segment_ids, platform):
   if impl != 'auto':
     return impl
   S, D = q.shape[1], q.shape[3]
-  if platform == 'tpu' and S % _SPLASH_BLOCK == 0:
+  if platform == 'tpu' and S % splash_blocks.LANES == 0:
     return 'splash'
   if platform == 'gpu' and _cudnn_supports(q.dtype, D, segment_ids):
     return 'cudnn'
@@ -278,14 +282,16 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 # ----------------------------------------------------------------------------------------
 
 
-def _splash_attention(q, k, v, segment_ids, *, scale, mesh, interpret):
+def _splash_attention(q, k, v, segment_ids, *, scale, mesh, device, block_sizes):
   S = q.shape[1]
-  if S % _SPLASH_BLOCK:
+  if S % splash_blocks.LANES:
     raise ValueError(f"attention impl='splash' needs a sequence length divisible by "
-                     f"{_SPLASH_BLOCK}, got {S}; use impl='xla' or 'chunked'.")
+                     f"{splash_blocks.LANES}, got {S}; use impl='xla' or 'chunked'.")
   # The kernel does not scale logits; scale in float32 so bf16 q keeps scale exact.
   q = (q.astype(jnp.float32) * scale).astype(q.dtype)
-  local = functools.partial(_splash_local, interpret=interpret)
+  blocks = splash_blocks.choose(device.device_kind, S, block_sizes)
+  local = functools.partial(_splash_local, blocks=blocks,
+                            interpret=device.platform != 'tpu')
   mesh = _resolve_mesh(mesh)
   if mesh is None:
     return local(q, k, v, segment_ids)
@@ -326,10 +332,10 @@ def _splash_sharded(local, q, k, v, segment_ids, mesh):
                        check_vma=False)(*args)
 
 
-def _splash_local(q_BSHD, k_BSKD, v_BSKD, segment_ids=None, *, interpret):
+def _splash_local(q_BSHD, k_BSKD, v_BSKD, segment_ids=None, *, blocks, interpret):
   """Splash on arrays local to one device; q is pre-scaled."""
   _, S, H, _ = q_BSHD.shape
-  kernel = _make_splash_kernel(H, S, interpret)
+  kernel = _make_splash_kernel(H, S, blocks, interpret)
   q_BHSD = jnp.swapaxes(q_BSHD, 1, 2)
   k_BKSD = jnp.swapaxes(k_BSKD, 1, 2)
   v_BKSD = jnp.swapaxes(v_BSKD, 1, 2)
@@ -341,13 +347,16 @@ def _splash_local(q_BSHD, k_BSKD, v_BSKD, segment_ids=None, *, interpret):
   return jnp.swapaxes(out_BHSD, 1, 2)
 
 
-def _make_splash_kernel(num_heads, seq_len, interpret):
-  """A causal splash kernel for one example [H, S, D]; its GQA maps h -> h // (H/K)."""
-  block = next(b for b in (512, 256, 128) if seq_len % b == 0)
+def _make_splash_kernel(num_heads, seq_len, blocks, interpret):
+  """A causal splash kernel for one example [H, S, D]; its GQA maps h -> h // (H/K).
+
+  The fused backward computes dq, dk and dv in one kernel (one pass over the blocks
+  instead of two), at the cost of S / kv_dkv partial dq copies summed afterwards.
+  """
   block_sizes = splash.BlockSizes(
-      block_q=block, block_kv=block, block_kv_compute=block,
-      block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
-      block_q_dq=block, block_kv_dq=block)
+      block_q=blocks.q, block_kv=blocks.kv, block_kv_compute=blocks.kv_compute,
+      block_q_dkv=blocks.q_dkv, block_kv_dkv=blocks.kv_dkv,
+      block_kv_dkv_compute=blocks.kv_dkv_compute, use_fused_bwd_kernel=True)
   mask = splash.MultiHeadMask([splash.CausalMask((seq_len, seq_len))] * num_heads)
   return splash.make_splash_mha(
       mask, block_sizes=block_sizes, head_shards=1, q_seq_shards=1,

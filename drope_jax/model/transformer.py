@@ -47,6 +47,7 @@ class ModelConfig:
   rope_original_max_len: int = 0
   rope_low_freq_factor: float = 1.0
   rope_high_freq_factor: float = 4.0
+  splash_block_sizes: str = ""
 
   @classmethod
   def from_config(cls, model_config) -> "ModelConfig":
