@@ -67,8 +67,13 @@ def _small_config():
   return config
 
 
-def test_both_phases_compile_with_splash_kernels_and_a_consistent_memory_report():
+@pytest.mark.parametrize("scan_layers", [True, False], ids=["scanned", "unrolled"])
+def test_both_phases_compile_with_splash_kernels_and_a_consistent_memory_report(
+    scan_layers):
   config = _small_config()
+  config.model.scan_layers = scan_layers
+  # A scanned program holds one layer's kernels (the loop body's); unrolled, every layer's.
+  layers_in_program = 1 if scan_layers else config.model.n_layers
   reports = list(compile_lib.compile_phases(config, compile_lib.parse_topology("v5p-8")))
   assert [(r.phase, r.positional) for r in reports] == [
       ("pretrain", "rope"), ("recalibrate", "nope")]
@@ -77,7 +82,7 @@ def test_both_phases_compile_with_splash_kernels_and_a_consistent_memory_report(
   for report in reports:
     # Splash forward and one fused backward (dq, dk, dv) per layer: 'auto' picked the TPU
     # kernels, and the fused backward leaves no separate dq kernel (it was 3 per layer).
-    assert report.tpu_custom_calls == 2 * config.model.n_layers
+    assert report.tpu_custom_calls == 2 * layers_in_program
     assert state_per_chip <= report.argument_bytes <= 1.1 * state_per_chip
     assert report.alias_bytes >= 0.9 * state_per_chip  # the donated state is reused.
     assert 0 < report.temp_bytes and report.fits
@@ -89,8 +94,8 @@ def test_splash_compiles_and_fits_on_v5e_and_v6e(topology):
   config.model.attention = "splash"
   report, = compile_lib.compile_phases(config, compile_lib.parse_topology(topology),
                                        phases=("pretrain",))
-  # Per layer: the splash forward and the fused backward (dq, dk, dv in one kernel).
-  assert report.tpu_custom_calls == 2 * config.model.n_layers
+  # The scanned layer's splash forward and fused backward (dq, dk, dv in one kernel).
+  assert report.tpu_custom_calls == 2
   # libtpu reports 0 HBM temporaries for this small step on these chips, so only the
   # state is checked: present and fitting.
   assert report.argument_bytes > 0 and report.fits
@@ -104,11 +109,17 @@ def _cli(*args):
 
 def test_the_command_reports_memory_against_hbm():
   result = _cli("--config=configs/tiny.py:drope", "--topology=v5e-4", "--phase=recalibrate",
-                "--config.train.seq_len=128", "--config.mesh.shape=(1,2,2)")
+                "--config.train.seq_len=128", "--config.mesh.shape=(1,2,2)",
+                "--scan_layers=both")
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "phase recalibrate (nope)" in result.stdout
-  assert "tpu_custom_call ops: 8" in result.stdout  # 4 layers: forward + fused backward.
+  # 4 layers, each a splash forward + fused backward; scanned, the loop body's one layer.
+  assert "phase recalibrate (nope, layers scanned)" in result.stdout
+  assert "phase recalibrate (nope, layers unrolled)" in result.stdout
+  assert "tpu_custom_call ops: 2;" in result.stdout
+  assert "tpu_custom_call ops: 8;" in result.stdout
   assert "of 16.00 GiB HBM" in result.stdout and "fits" in result.stdout
+  table = [line for line in result.stdout.splitlines() if line.startswith("| recalibrate")]
+  assert [row.split("|")[2].strip() for row in table] == ["scanned", "unrolled"]
 
 
 def test_the_command_refuses_an_unknown_topology():
