@@ -371,7 +371,10 @@ def evaluate(workdir: str):
   say(f"restoring {workdir} (step {_STEP.value if _STEP.value is not None else 'latest'})")
   run = loading.load_run(workdir, _STEP.value)
   # The run's cache (its config's compilation_cache_dir): a rerun skips the compiles.
-  compilation_cache.enable(run.config.get("compilation_cache_dir"), workdir)
+  try:
+    compilation_cache.enable(run.config.get("compilation_cache_dir"), workdir)
+  except errors.BadInput as e:  # a path of the machine that trained it: evaluate anyway.
+    say(f"compilation cache off: {e}")
   kind = run.positional().kind
   say(f"{run.name} step {run.step}: phase {run.phase}, {KIND_NAMES[kind]}, trained at "
       f"{run.train_len} tokens")
