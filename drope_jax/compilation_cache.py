@@ -17,6 +17,7 @@ import jax
 from etils import epath
 
 from drope_jax import directories
+from drope_jax import gcs
 
 _OFF = ("", "none")
 _REQUESTS = "/jax/compilation_cache/compile_requests_use_cache"
@@ -38,12 +39,12 @@ def enable(setting: str | None, workdir: str) -> str | None:
     path, label = setting, f"--config.compilation_cache_dir={setting}"
   directories.check_writable(path, label)
   jax.config.update("jax_compilation_cache_dir", path)
-  # JAX's defaults keep only programs that took over 1 s to compile. A CPU run's train
-  # step compiles in seconds, but its dozens of small programs (init, sharding, eval,
-  # data transfers) together cost as much again: keep every program, however small.
+  # JAX's defaults skip programs that compiled in under 1 s. On a CPU a small model's
+  # step, its init or the restore's checkpoint fingerprinting can be that quick, and
+  # every restart would compile them again: keep every program (one small file each).
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)  # -1: no minimum.
-  if "://" in path:
+  if gcs.is_remote(path):
     # XLA's own caches (GPU autotuning results) go through XLA's C++ file I/O, which
     # jaxlib builds without gs:// support.
     jax.config.update("jax_persistent_cache_enable_xla_caches", "none")
