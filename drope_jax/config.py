@@ -18,6 +18,9 @@ def base_config(variant: str = "drope") -> ml_collections.ConfigDict:
         f"unknown config variant {variant!r}: use one of {', '.join(plan.POS_EMB)}")
   c = ml_collections.ConfigDict()
   c.seed = 0
+  # JAX's persistent compilation cache (local or gs://), so that a restart loads its
+  # compiled programs: unset, <workdir>/compilation_cache; none (or empty) turns it off.
+  c.compilation_cache_dir = config_dict.placeholder(str)
 
   c.model = ml_collections.ConfigDict(dict(
       vocab_size=264,

@@ -37,6 +37,7 @@ from absl import logging
 import jax
 
 from drope_jax import cli
+from drope_jax import compilation_cache
 from drope_jax import errors
 from drope_jax import optim
 from drope_jax import train_step
@@ -369,6 +370,11 @@ def evaluate(workdir: str):
                     "number of windows")
   say(f"restoring {workdir} (step {_STEP.value if _STEP.value is not None else 'latest'})")
   run = loading.load_run(workdir, _STEP.value)
+  # The run's cache (its config's compilation_cache_dir): a rerun skips the compiles.
+  try:
+    compilation_cache.enable(run.config.get("compilation_cache_dir"), workdir)
+  except errors.BadInput as e:  # a path of the machine that trained it: evaluate anyway.
+    say(f"compilation cache off: {e}")
   kind = run.positional().kind
   say(f"{run.name} step {run.step}: phase {run.phase}, {KIND_NAMES[kind]}, trained at "
       f"{run.train_len} tokens")
@@ -403,7 +409,7 @@ def evaluate(workdir: str):
     evaluate_nonuniformity(run, rows=_NONUNIFORMITY_ROWS.value,
                            eval_data=_EVAL_DATA.value, text_field=_TEXT_FIELD.value)
   path = report.write_report([workdir], os.path.join(workdir, "eval"))
-  say(f"wrote {path}")
+  say(f"wrote {path}; {compilation_cache.summary()}")
 
 
 def main(argv):

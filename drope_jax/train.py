@@ -6,6 +6,12 @@ Bad input (config, data, workdir, a checkpoint the config cannot continue) exits
 with one line, having written nothing.
 """
 
+import time
+
+# Restart-to-first-step counts from here: before the slow imports (jax, orbax, grain).
+_STARTED = time.time()
+
+# pylint: disable=wrong-import-position
 from absl import app
 from absl import flags
 from absl import logging
@@ -29,8 +35,13 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it touches.
   distributed.initialize()
   # Imported after distributed.initialize(): jax must not touch devices before it.
-  from drope_jax import trainer  # pylint: disable=g-import-not-at-top
-  trainer.Trainer(_CONFIG.value, _WORKDIR.value).run()
+  # pylint: disable=g-import-not-at-top
+  from drope_jax import compilation_cache
+  from drope_jax import trainer
+  # pylint: enable=g-import-not-at-top
+  config, workdir = _CONFIG.value, _WORKDIR.value
+  compilation_cache.enable(config.compilation_cache_dir, workdir)
+  trainer.Trainer(config, workdir, started=_STARTED).run()
 
 
 if __name__ == "__main__":

@@ -13,8 +13,6 @@ architecture or phase split is refused. Without one, `checkpoint.init_from` star
 from another run's weights. SIGTERM saves at the end of the step and exits 0.
 """
 
-import os
-import pathlib
 import signal
 import time
 
@@ -25,7 +23,9 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from drope_jax import checkpoint
+from drope_jax import compilation_cache
 from drope_jax import config as config_lib
+from drope_jax import directories
 from drope_jax import errors
 from drope_jax import flops
 from drope_jax import gcs
@@ -124,20 +124,6 @@ def _check_data(config):
   tokenizers.check_vocab(tokenizer, config.model.vocab_size)
 
 
-def _check_workdir(workdir: str):
-  """A local workdir is (or can become) a writable directory."""
-  if gcs.is_remote(workdir):
-    gcs.check_reachable(workdir)
-    return
-  path = pathlib.Path(workdir).absolute()
-  existing = next(p for p in (path, *path.parents) if p.exists())
-  if not existing.is_dir():
-    raise config_lib.ConfigError(
-        f"--workdir={workdir}: {existing} is a file, not a directory; give a directory")
-  if not os.access(existing, os.W_OK | os.X_OK):
-    raise config_lib.ConfigError(
-        f"--workdir={workdir}: {existing} is not writable by this user; give a "
-        "directory you can write to")
 def itstime(count: int, every: int, total: int) -> bool:
   """Whether a periodic action is due at `count`: every `every`-th, and at `total`.
 
@@ -154,11 +140,14 @@ def _global_batch(local_batch: dict, sharding) -> dict:
 
 class Trainer:
 
-  def __init__(self, config, workdir: str):
+  def __init__(self, config, workdir: str, *, started: float | None = None):
+    """`started`: when the process started (time.time()), for the restart-to-first-step
+    line; default: now."""
+    self._started = time.time() if started is None else started  # None once reported.
     # Everything a run can be refused for is checked before anything is written.
     config_lib.validate(config)
     _check_data(config)
-    _check_workdir(workdir)
+    directories.check_writable(workdir, f"--workdir={workdir}")
     self.config = config
     self.workdir = epath.Path(workdir)
     self.plan = plan_lib.make(config)
@@ -387,6 +376,8 @@ class Trainer:
     for step in range(int(jax.device_get(state.step)), phase.end):
       batch = _global_batch(next(data_iter), self.batch_sharding)
       state, step_metrics = step_fn(state, batch)
+      if self._started is not None:
+        self._report_first_step(step_metrics)
       extra = {}
       if itstime(step + 1, cfg.train.eval_every, steps):
         extra["eval_loss"] = self._evaluate(state, eval_step)
@@ -404,6 +395,14 @@ class Trainer:
         return None
     self._flush(pending, phase, throughput, keep=0)
     return state
+
+  def _report_first_step(self, step_metrics):
+    """How long this process took to its first step, and what the compilation cache
+    saved of it (a restart's figure to watch)."""
+    jax.block_until_ready(step_metrics)
+    self.writer.info(f"first step done {time.time() - self._started:.1f} s after the "
+                     f"process started ({compilation_cache.summary()})")
+    self._started = None
 
   def _flush(self, pending: list, phase, throughput, *, keep: int):
     """Reports all but the newest `keep` pending steps."""

@@ -58,6 +58,9 @@ CASES = {
         "was tokenized by 'hf:bpe/tokenizer.json'"),
     "workdir under a file": ("train", [TINY, "--workdir={files}/a_file/run"],
                              "a_file is a file, not a directory"),
+    "compilation cache under a file": (
+        "train", [TINY, "--config.compilation_cache_dir={files}/a_file/cache"],
+        "a_file is a file, not a directory"),
     "prepare: no input": ("data.prepare", ["--input={files}/none/*.txt"], "no files match"),
     "train_tokenizer: no input": ("data.train_tokenizer", ["--input={files}/none.txt"],
                                   "no files match"),
