@@ -1,7 +1,8 @@
 """JAX's persistent compilation cache: a restarted or resumed run loads its compiled
 programs instead of compiling them again.
 
-`config.compilation_cache_dir` names the directory (local or gs://); unset, it is
+`config.compilation_cache_dir` names the directory (local or gs://); unset, it is JAX's
+own $JAX_COMPILATION_CACHE_DIR if that is set (one cache shared by many runs), else
 `<workdir>/compilation_cache`; `none` (or empty) turns the cache off. `train` and
 `evaluate` call `enable` once per process, after `distributed.initialize` and before
 their first compile (JAX opens the cache at its first compile and keeps it).
@@ -12,6 +13,8 @@ compile options and jax/jaxlib version: a changed model, mesh or jax release mis
 compiles afresh. As JAX warns, whoever can write to the directory can make the run
 execute their code: keep it private to the run's owner.
 """
+
+import os
 
 import jax
 from etils import epath
@@ -30,7 +33,10 @@ def enable(setting: str | None, workdir: str) -> str | None:
   """Turns the cache on where `setting` (config.compilation_cache_dir) says; returns
   the directory, or None when the setting turns it off."""
   global _enabled
-  if setting is None:
+  if setting is None and os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    path = os.environ["JAX_COMPILATION_CACHE_DIR"]
+    label = f"$JAX_COMPILATION_CACHE_DIR={path}"
+  elif setting is None:
     path = str(epath.Path(workdir) / "compilation_cache")
     label = f"--workdir={workdir}"  # the workdir's own check, with its own flag.
   elif setting.strip().lower() in _OFF:

@@ -19,7 +19,8 @@ def base_config(variant: str = "drope") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   # JAX's persistent compilation cache (local or gs://), so that a restart loads its
-  # compiled programs: unset, <workdir>/compilation_cache; none (or empty) turns it off.
+  # compiled programs: unset, $JAX_COMPILATION_CACHE_DIR if set, else
+  # <workdir>/compilation_cache; none (or empty) turns it off.
   c.compilation_cache_dir = config_dict.placeholder(str)
 
   c.model = ml_collections.ConfigDict(dict(
