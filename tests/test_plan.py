@@ -111,4 +111,5 @@ def test_carry_over_adds_gains_at_one_and_zero_moments(reset_optimizer):
     else:
       np.testing.assert_array_equal(value, before[key])
   new_params = [k for k in new if k.startswith(".params")]
-  assert len(new) == 3 * len(new_params) == 3 * config.model.n_layers  # gain, mu, nu.
+  assert len(new) == 3 * len(new_params) == 3  # gain, mu, nu: one stacked array each.
+  assert after[new_params[0]].shape[0] == config.model.n_layers
