@@ -55,13 +55,14 @@ class Positional:
         seq_len=seq_len, low_freq_factor=self.low_freq_factor,
         high_freq_factor=self.high_freq_factor)
     angles_BSF = positions_BS[..., None].astype(jnp.float32) * inv_freq_F
-    cos_BS1F = (jnp.cos(angles_BSF) * attention_factor)[:, :, None, :]
-    sin_BS1F = (jnp.sin(angles_BSF) * attention_factor)[:, :, None, :]
+    # Angles in float32, the rotation in x's dtype, as Hugging Face does: a bfloat16
+    # model gets no float32 copies of q and k.
+    cos_BS1F = (jnp.cos(angles_BSF) * attention_factor).astype(x_BSHD.dtype)[:, :, None]
+    sin_BS1F = (jnp.sin(angles_BSF) * attention_factor).astype(x_BSHD.dtype)[:, :, None]
     # Half-split convention (as in Llama / Hugging Face), not interleaved pairs.
-    x1, x2 = jnp.split(x_BSHD.astype(jnp.float32), 2, axis=-1)
-    rotated = jnp.concatenate(
+    x1, x2 = jnp.split(x_BSHD, 2, axis=-1)
+    return jnp.concatenate(
         [x1 * cos_BS1F - x2 * sin_BS1F, x2 * cos_BS1F + x1 * sin_BS1F], axis=-1)
-    return rotated.astype(x_BSHD.dtype)
 
 
 # model.rope_scaling (a RoPE model's own scaling, as Hugging Face configs name it) ->
