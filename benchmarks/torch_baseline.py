@@ -4,9 +4,6 @@ Same step as drope_jax's: forward, next-token cross-entropy, backward, global-no
 AdamW with the config's hyperparameters; fp32. Used by benchmarks/train_throughput.py.
 """
 
-import statistics
-import time
-
 import torch
 import transformers
 
@@ -23,8 +20,8 @@ def hf_llama(model_config) -> transformers.LlamaForCausalLM:
   return transformers.LlamaForCausalLM(hf_config)
 
 
-def seconds_per_step(config, *, threads: int = 2, warmup: int = 3, steps: int = 20) -> float:
-  """Median seconds of one training step (forward, loss, backward, clip, AdamW)."""
+def make_step(config, *, threads: int = 2):
+  """One training step (forward, loss, backward, clip, AdamW) as a blocking call."""
   torch.set_num_threads(threads)
   torch.manual_seed(config.seed)
   model = hf_llama(config.model).train()
@@ -40,12 +37,4 @@ def seconds_per_step(config, *, threads: int = 2, warmup: int = 3, steps: int = 
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 
-  for _ in range(warmup):
-    step()
-  step_seconds = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    step()
-    step_seconds.append(time.perf_counter() - start)
-  # The median step: robust to other processes stealing the CPU now and then.
-  return statistics.median(step_seconds)
+  return step

@@ -1,10 +1,13 @@
 r"""drope_jax training throughput beside Hugging Face + PyTorch on the same shapes.
 
-  python -m benchmarks.train_throughput --config=configs/tiny.py [--steps=20] [--torch]
+  python -m benchmarks.train_throughput --config=configs/tiny.py [--steps=20] [--rounds=4]
 
 Times the real jitted train step (forward, loss, backward, clipping, AdamW) on random
 tokens at the config's batch x seq, after warmup, on this machine's devices. With
---torch, also times LlamaForCausalLM + torch AdamW (benchmarks/torch_baseline.py).
+--torch (the default), LlamaForCausalLM + torch AdamW (benchmarks/torch_baseline.py)
+runs in the same process, the two trainers taking turns in `rounds`: a shared machine
+whose speed drifts by 10% within a minute then slows both alike, and the ratio is the
+median of the rounds' ratios.
 """
 
 import statistics
@@ -24,7 +27,8 @@ from drope_jax import train_step
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "drope_jax config.")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "untimed steps first (compilation included).")
-_STEPS = flags.DEFINE_integer("steps", 20, "timed steps.")
+_STEPS = flags.DEFINE_integer("steps", 20, "timed steps per trainer, over all rounds.")
+_ROUNDS = flags.DEFINE_integer("rounds", 4, "turns each trainer takes.")
 _TORCH = flags.DEFINE_bool("torch", True, "also time the Hugging Face + PyTorch baseline.")
 
 
@@ -37,28 +41,40 @@ def random_batch(config, rng: np.random.Generator) -> dict:
               segment_ids=np.ones(shape, np.int32), weights=np.ones(shape, np.float32))
 
 
-def drope_jax_seconds_per_step(config, warmup: int, steps: int) -> float:
-  """Seconds per step of the run's first phase."""
+def make_drope_jax_step(config):
+  """The run's first-phase train step on random batches, as a blocking call."""
   mesh = parallel.make_mesh(config.mesh)
   tx = optim.make_optimizer(config.train)
   built, init = train_step.build(config, mesh, tx)
   step_fn = train_step.make_train_step(config, built, optim.lr_schedule(config),
                                        plan_lib.make(config).phases[0].positional)
-  state = init()
   sharding = parallel.batch_sharding(mesh)
   rng = np.random.default_rng(0)
   batches = [jax.device_put(random_batch(config, rng), sharding) for _ in range(4)]
-  for i in range(warmup):
-    state, metrics = step_fn(state, batches[i % 4])
-  jax.block_until_ready(metrics)
-  step_seconds = []
-  for i in range(steps):
-    start = time.perf_counter()
-    state, metrics = step_fn(state, batches[i % 4])
+  state, count = [init()], [0]
+
+  def step():
+    state[0], metrics = step_fn(state[0], batches[count[0] % len(batches)])
+    count[0] += 1
     jax.block_until_ready(metrics)
-    step_seconds.append(time.perf_counter() - start)
-  # The median step: robust to other processes stealing the CPU now and then.
-  return statistics.median(step_seconds)
+
+  return step
+
+
+def time_steps(step, n: int) -> list[float]:
+  seconds = []
+  for _ in range(n):
+    start = time.perf_counter()
+    step()
+    seconds.append(time.perf_counter() - start)
+  return seconds
+
+
+def drope_jax_seconds_per_step(config, warmup: int, steps: int) -> float:
+  """Median seconds per step of the run's first phase."""
+  step = make_drope_jax_step(config)
+  time_steps(step, warmup)
+  return statistics.median(time_steps(step, steps))
 
 
 def main(argv):
@@ -67,21 +83,33 @@ def main(argv):
   t = config.train
   tokens = t.batch_size * t.seq_len
   per_token = flops.training_flops_per_token(config.model, t.seq_len)
-  rows = [("drope_jax (jit, AdamW)",
-           drope_jax_seconds_per_step(config, _WARMUP.value, _STEPS.value))]
+  trainers = {"drope_jax (jit, AdamW)": make_drope_jax_step(config)}
   if _TORCH.value:
     from benchmarks import torch_baseline  # pylint: disable=g-import-not-at-top
-    rows.append(("HF LlamaForCausalLM + torch AdamW",
-                 torch_baseline.seconds_per_step(config, warmup=_WARMUP.value,
-                                                 steps=_STEPS.value)))
+    trainers["HF LlamaForCausalLM + torch AdamW"] = torch_baseline.make_step(config)
+  for step in trainers.values():
+    time_steps(step, _WARMUP.value)
+  per_round = max(_STEPS.value // _ROUNDS.value, 1)
+  rounds = {name: [] for name in trainers}  # per trainer: each round's median step.
+  for _ in range(_ROUNDS.value):
+    for name, step in trainers.items():
+      rounds[name].append(statistics.median(time_steps(step, per_round)))
+
   n_params = flops.params_count(config.model)["total"]
   print(f"{jax.devices()[0].device_kind} x{jax.device_count()}; {n_params / 1e6:.2f}M params; "
-        f"batch {t.batch_size} x seq {t.seq_len}; {_STEPS.value} timed steps")
+        f"batch {t.batch_size} x seq {t.seq_len}; {_ROUNDS.value} rounds of {per_round} "
+        "timed steps per trainer")
   print("| trainer | median step s | tokens/s | model GFLOP/s |")
   print("|---|---|---|---|")
-  for name, seconds in rows:
-    print(f"| {name} | {seconds:.3f} | {tokens / seconds:,.0f} | "
-          f"{tokens / seconds * per_token / 1e9:.1f} |")
+  for name, seconds in rounds.items():
+    median = statistics.median(seconds)
+    print(f"| {name} | {median:.3f} | {tokens / median:,.0f} | "
+          f"{tokens / median * per_token / 1e9:.1f} |")
+  if len(rounds) == 2:
+    ours, theirs = rounds.values()
+    ratios = [b / a for a, b in zip(ours, theirs)]
+    print(f"drope_jax / PyTorch tokens/s: {statistics.median(ratios):.2f} (median of the "
+          f"rounds; range {min(ratios):.2f}-{max(ratios):.2f})")
 
 
 if __name__ == "__main__":
