@@ -152,6 +152,8 @@ class Trainer:
     self.workdir = epath.Path(workdir)
     self.plan = plan_lib.make(config)
     self.mesh = parallel.make_mesh(config.mesh)
+    # Before any collective: a process stopping here must not leave a peer mid-way.
+    parallel.check_batch(config.train.batch_size, config.train.grad_accum, self.mesh)
     self.tx = optim.make_optimizer(config.train)
     self.lr_fn = optim.lr_schedule(config)
     # Each phase's structure and shardings: a phase adding QK-norm gains has its own.
