@@ -1,7 +1,7 @@
 """The embedded default: a 3M-parameter byte-level model on the Python stdlib's source.
 
 RoPE for 120 steps, then RoPE is dropped and the NoPE model recalibrates for 40 steps
-with a fresh warmup + cosine schedule. About 4 minutes on 2 CPU cores, no download.
+with a fresh warmup + cosine schedule. About 2 minutes on 2 CPU cores, no download.
 
 Variants: `rope` (RoPE throughout), `nope` (NoPE throughout), `drope` (default).
 """
