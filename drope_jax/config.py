@@ -79,6 +79,18 @@ def base_config(variant: str = "drope") -> ml_collections.ConfigDict:
       needle_max_tokens=config_dict.placeholder(int),  # unset: the sequence length.
       needle_min_tokens=config_dict.placeholder(int),  # unset: half of max (or what fits).
       needle_variants="single,multikey,multiquery,multivalue",  # RULER's, as evaluated.
+      # Synthetic tasks (`recall`, `copy`, `induction` sources; drope_jax/data/tasks):
+      # documents of train.seq_len tokens, also scored by `evaluate --evals=<task>`.
+      task=ml_collections.ConfigDict(dict(
+          pairs=4,            # recall: key-value pairs; induction: repeated segments.
+          queries=0,          # recall: queries per document (0: one per pair).
+          span=8,             # induction: tokens per repeated segment.
+          vocab=64,           # ids of the key range and of the value range.
+          filler_vocab=64,    # ids of the filler range.
+          copy_fraction=0.5,  # copy: the repeated segment's share of a document.
+          loss="answers",     # answers | all: the tokens a task document trains on.
+          docs=100_000,       # documents per epoch.
+      )),
   ))
 
   c.train = ml_collections.ConfigDict(dict(

@@ -68,7 +68,7 @@ class MetricsWriter:
     if self._first_step is None:
       self._first_step, self._started = step, time.time()
     parts = [f"step {step:>6}/{self.total_steps}", f"[{metrics.get('phase', '')}]"]
-    for key in STDOUT_KEYS:
+    for key in STDOUT_KEYS + tuple(k for k in metrics if k.endswith("_accuracy")):
       if key in metrics:
         value = metrics[key]
         parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")

@@ -35,7 +35,9 @@ from drope_jax import parallel
 from drope_jax import plan as plan_lib
 from drope_jax import train_step
 from drope_jax.data import pipeline
+from drope_jax.data import tasks as tasks_lib
 from drope_jax.data import tokenizers
+from drope_jax.eval import task_scores
 
 
 class NonFiniteLossError(errors.BadInput, RuntimeError):
@@ -119,7 +121,7 @@ def _changed_keys(saved: dict, current: dict, prefix: str = "") -> list[str]:
 
 def _check_data(config):
   """The data sources and the tokenizer exist and fit the model's vocabulary."""
-  pipeline.check(config.data)
+  pipeline.check(config.data, config.train.seq_len)
   tokenizer = pipeline.make_tokenizer(config.data)
   tokenizers.check_vocab(tokenizer, config.model.vocab_size)
 
@@ -181,6 +183,7 @@ class Trainer:
                                             run_config=config, run_name=workdir)
     self.flops_per_token = flops.training_flops_per_token(config.model, t.seq_len)
     self.peak_flops = flops.peak_flops_per_device(dtype=config.model.dtype)
+    self._tasks = None  # synthetic tasks' evaluation documents, drawn at first use.
 
   # --- state -----------------------------------------------------------------------
 
@@ -313,14 +316,34 @@ class Trainer:
 
   # --- evaluation ------------------------------------------------------------------
 
-  def _evaluate(self, state, eval_step) -> float:
+  def _evaluate(self, state, eval_step, predict_fn) -> dict:
+    """eval_loss on held-out batches, and `<task>_accuracy` for every synthetic task in
+    the mixture (on the documents `evaluate --evals=<task>` scores at 1x)."""
     loss_sum = weight_sum = 0.0
     eval_iter = self._data_iter("eval", num_epochs=None)
     for _ in range(self.config.train.eval_batches):
       batch = _global_batch(next(eval_iter), self.batch_sharding)
       l, w = jax.device_get(eval_step(state.params, batch))
       loss_sum, weight_sum = loss_sum + float(l), weight_sum + float(w)
-    return loss_sum / max(weight_sum, 1.0)
+    results = {"eval_loss": loss_sum / max(weight_sum, 1.0)}
+    for name, documents in self._task_documents().items():
+      scores = task_scores.score(None, state.params, documents, positional=None,
+                                 mesh=self.mesh, batch_size=self.local_batch,
+                                 predict_fn=predict_fn)
+      results[f"{name}_accuracy"] = scores.accuracy
+    return results
+
+  def _task_documents(self) -> dict:
+    if self._tasks is None:
+      cfg = self.config
+      count = cfg.train.eval_batches * cfg.train.batch_size
+      tokenizer = pipeline.make_tokenizer(cfg.data)
+      params = tasks_lib.Params.from_config(cfg.data.task)
+      self._tasks = {
+          name: tasks_lib.documents(name, params, tokenizer, length=cfg.train.seq_len,
+                                    seed=0, count=count)
+          for name in pipeline.component_names(cfg.data) if name in tasks_lib.TASKS}
+    return self._tasks
 
   # --- the loop --------------------------------------------------------------------
 
@@ -372,6 +395,7 @@ class Trainer:
     step_fn = train_step.make_train_step(cfg, built, self.lr_fn, phase.positional)
     eval_step = train_step.make_eval_step(built, phase.positional,
                                            cfg.train.loss_chunk)
+    predict_fn = task_scores.make_predict_fn(built.graphdef, phase.positional)
     pending = []  # (step, metrics on device, extra): read while the next step runs.
     throughput = _Throughput()
     steps = cfg.train.steps
@@ -382,7 +406,7 @@ class Trainer:
         self._report_first_step(step_metrics)
       extra = {}
       if itstime(step + 1, cfg.train.eval_every, steps):
-        extra["eval_loss"] = self._evaluate(state, eval_step)
+        extra.update(self._evaluate(state, eval_step, predict_fn))
       pending.append((step, step_metrics, extra))
       preempted = preemption.reached(step + 1)
       save = preempted or itstime(step + 1, cfg.checkpoint.every_steps, steps)

@@ -30,8 +30,12 @@ document boundary gets weight 0); False gives segment id 1 to every real token
 and positions 0..seq_len-1 (attention crosses documents).
 
 Mixture components are listed by `data.source`, comma-separated: `stdlib`,
-`needles`, and `shards` (one component per directory in `data.paths`).
-`data.weights` gives each component's share of documents.
+`needles`, `shards` (one component per directory in `data.paths`), and the synthetic
+tasks `recall`, `copy`, `induction` (drope_jax/data/tasks; documents of seq_len
+tokens, settings in `data.task`). `data.weights` gives each component's share of
+documents. With a task in the mixture every document also carries a `loss_mask`
+(the task's answers, or all tokens; all tokens for prose) that the batch's
+`weights` honour.
 """
 
 import sys
@@ -43,10 +47,11 @@ import numpy as np
 
 from drope_jax.data import needles as needles_lib
 from drope_jax.data import sources as sources_lib
+from drope_jax.data import tasks as tasks_lib
 from drope_jax.data import tokenizers as tokenizers_lib
 
 PACKINGS = ("concat", "first_fit")
-SOURCES = ("stdlib", "shards", "needles")
+SOURCES = ("stdlib", "shards", "needles", *tasks_lib.TASKS)
 
 # Lanes read synchronously: parallelism comes from worker processes instead,
 # and a thread pool per lane would multiply threads by the batch size.
@@ -74,7 +79,8 @@ def make_dataset(data_config: ml_collections.ConfigDict, *, seq_len: int,
                          split=split, num_epochs=num_epochs)
   lanes = batch_size * shard_count
   first = shard_index * batch_size
-  rows = [_lane(documents[lane::lanes], data_config, seq_len, tokenizer.pad_id)
+  rows = [_lane(documents[lane::lanes], data_config, seq_len, tokenizer.pad_id,
+                masked=_has_task(data_config))
           for lane in range(first, first + batch_size)]
   dataset = _LanesToBatch(rows, _padding_row(seq_len, tokenizer.pad_id))
   if data_config.num_workers > 0:
@@ -113,9 +119,19 @@ def make_iterator(data_config: ml_collections.ConfigDict, *, seq_len: int,
       num_epochs=num_epochs))
 
 
-def check(data_config: ml_collections.ConfigDict) -> None:
+def check(data_config: ml_collections.ConfigDict, seq_len: int) -> None:
   """Raises if the sources or their mixture weights cannot be read as configured."""
-  _weights(data_config, len(component_names(data_config)))
+  names = component_names(data_config)
+  _weights(data_config, len(names))
+  params = tasks_lib.Params.from_config(data_config.task)
+  for name in names:
+    if name in tasks_lib.TASKS:
+      tasks_lib.check(name, params, seq_len)
+      tasks_lib.token_ranges(make_tokenizer(data_config), params)
+
+
+def _has_task(data_config) -> bool:
+  return any(name in tasks_lib.TASKS for name in component_names(data_config))
 
 
 # --------------------------------------------------------------- documents ---
@@ -156,6 +172,10 @@ def _source(name: str, data_config, tokenizer, *, seq_len: int, split: str):
     return sources_lib.StdlibSource(tokenizer, split, data_config.eval_fraction)
   if name.startswith("shards:"):
     return sources_lib.ShardSource(name.partition(":")[2], split, tokenizer)
+  if name in tasks_lib.TASKS:
+    return tasks_lib.TaskSource(name, tokenizer,
+                                tasks_lib.Params.from_config(data_config.task),
+                                length=seq_len, split=split)
   if data_config.needle_haystack == "stdlib":
     haystack = needles_lib.stdlib_haystack(split, data_config.eval_fraction)
   else:
@@ -189,26 +209,37 @@ def _documents(data_config, tokenizer, *, seq_len: int, seed: int, split: str,
     documents = components[0]
   else:
     documents = grain.MapDataset.mix(components, weights)
-  return documents.map(_EndWithEos(tokenizer.eos_id))
+  return documents.map(_EndWithEos(tokenizer.eos_id, masked=_has_task(data_config)))
 
 
 class _EndWithEos:
+  """A document (token ids, or a task's tokens + loss_mask) -> {"tokens"[, "loss_mask"]}
+  ending in EOS. The EOS counts as a target where the document's last token does."""
 
-  def __init__(self, eos_id: int):
+  def __init__(self, eos_id: int, *, masked: bool):
     self._eos = np.array([eos_id], np.int32)
+    self._masked = masked
 
-  def __call__(self, tokens: np.ndarray) -> dict[str, np.ndarray]:
-    return {"tokens": np.concatenate([tokens, self._eos])}
+  def __call__(self, document) -> dict[str, np.ndarray]:
+    if not isinstance(document, dict):
+      document = {"tokens": document, "loss_mask": np.ones(len(document), bool)}
+    example = {"tokens": np.concatenate([document["tokens"], self._eos])}
+    if self._masked:
+      mask = document["loss_mask"]
+      example["loss_mask"] = np.concatenate([mask, mask[-1:]]).astype(np.int32)
+    return example
 
 
 # ------------------------------------------------------------------ packing ---
 
 
 def _lane(documents: grain.MapDataset, data_config, seq_len: int,
-          pad_id: int) -> grain.IterDataset:
+          pad_id: int, *, masked: bool) -> grain.IterDataset:
   """One row position of the global batch: its documents, packed."""
   dataset = documents.to_iter_dataset(_LANE_READ_OPTIONS)
   window = {"tokens": seq_len + 1}
+  if masked:
+    window["loss_mask"] = seq_len + 1
   if data_config.packing == "concat":
     dataset = grain.experimental.ConcatThenSplitIterDataset(
         dataset, length_struct=window)
@@ -232,9 +263,8 @@ class _SplitDocument(grain.experimental.FlatMapTransform):
     self.max_fan_out = sys.maxsize
 
   def flat_map(self, element):
-    tokens = element["tokens"]
-    return [{"tokens": tokens[i:i + self.length]}
-            for i in range(0, len(tokens), self.length)]
+    return [{k: v[i:i + self.length] for k, v in element.items()}
+            for i in range(0, len(element["tokens"]), self.length)]
 
 
 class _Features:
@@ -255,6 +285,8 @@ class _Features:
       weights = real_target
     else:
       weights = real_input & (segments[:-1] == segments[1:])
+    if "loss_mask" in packed:  # a task's answers only (task.loss=answers).
+      weights = weights & (packed["loss_mask"][1:] != 0)
     if self._document_mask:
       segment_ids = segments[:-1]
       positions = packed["tokens_positions"][:-1]

@@ -1,0 +1,72 @@
+"""Accuracy of a model on synthetic task documents (drope_jax/data/tasks).
+
+    scores = task_scores.score(graphdef, params, documents, positional=..., mesh=...,
+                               batch_size=8)
+    scores.accuracy, scores.by_distance(edges)
+
+One forward pass per document, teacher-forced: an answer counts as correct when the
+model's most likely next token (argmax over the whole vocabulary) at the position
+before it is the answer. This is the score Zoology reports for MQAR, and what greedy
+decoding of each answer given the true prefix would produce.
+"""
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from drope_jax import parallel
+from drope_jax.data.tasks import Document
+from drope_jax.model.positional import Positional
+
+
+@dataclasses.dataclass(frozen=True)
+class Scores:
+  correct: np.ndarray    # [A] bool, every answer of every document, in order.
+  distances: np.ndarray  # [A] the answer's distance (drope_jax/data/tasks/document.py).
+
+  @property
+  def accuracy(self) -> float:
+    return float(np.mean(self.correct)) if len(self.correct) else float("nan")
+
+  def by_distance(self, edges: Sequence[int]) -> list[dict]:
+    """Answers and accuracy per distance bucket [edges[i], edges[i+1]); empty buckets
+    have accuracy None. The answers add up to all answers when the edges span them."""
+    buckets = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+      inside = (self.distances >= lo) & (self.distances < hi)
+      count = int(inside.sum())
+      buckets.append(dict(lo=int(lo), hi=int(hi), answers=count,
+                          accuracy=float(self.correct[inside].mean()) if count else None))
+    return buckets
+
+
+def make_predict_fn(graphdef, positional: Positional):
+  """A jitted (params, inputs_BT) -> the argmax next token at every position [B, T]."""
+  def predict(params, inputs_BT):
+    logits_BTV = nnx.merge(graphdef, params)(inputs_BT, positional=positional)
+    return jnp.argmax(logits_BTV, axis=-1).astype(jnp.int32)
+
+  return jax.jit(predict)
+
+
+def score(graphdef, params, documents: Sequence[Document], *, positional: Positional,
+          mesh, batch_size: int, predict_fn=None) -> Scores:
+  """Scores `documents` (all of one length) in batches of `batch_size` rows; the last
+  batch is padded with copies so every batch has one shape (one compilation)."""
+  predict_fn = predict_fn or make_predict_fn(graphdef, positional)
+  tokens_NT = np.stack([d.tokens for d in documents])
+  correct, distances = [], []
+  with parallel.mesh_context(mesh):
+    for start in range(0, len(documents), batch_size):
+      rows = tokens_NT[start:start + batch_size]
+      padded = np.concatenate([rows, np.repeat(rows[:1], batch_size - len(rows), 0)])
+      predicted_BT = np.asarray(jax.device_get(predict_fn(params, padded)))
+      for doc, predicted_T in zip(documents[start:start + batch_size], predicted_BT):
+        # The prediction made at position p - 1 is the model's guess for token p.
+        correct.append(predicted_T[doc.answers - 1] == doc.tokens[doc.answers])
+        distances.append(doc.distances)
+  return Scores(np.concatenate(correct), np.concatenate(distances))
