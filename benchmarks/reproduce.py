@@ -1,6 +1,11 @@
 """The paper's from-scratch grid, end to end, through the public CLIs.
 
     python -m benchmarks.reproduce --scale=cpu --out=DIR
+    python -m benchmarks.reproduce --scale=cpu --task=induction --out=DIR   # a rung
+    python -m benchmarks.reproduce --scale=cpu --task=ladder --out=DIR      # every rung
+
+`--task=prose` (the default) is the grid below; a synthetic rung of
+drope_jax/data/tasks, or `ladder` for all of them, runs benchmarks/ladder.py.
 
 1. A BPE tokenizer trained on the corpus (`drope_jax.data.train_tokenizer`) and
    ArrayRecord shards with a held-out split (`drope_jax.data.prepare`).
@@ -88,6 +93,8 @@ STAGES = ("train", "evaluate", "analyses", "controls", "report")
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--scale", choices=sorted(SCALES), default="cpu")
+  parser.add_argument("--task", default="prose",
+                      help="prose, a rung of configs/ladder_<scale>.py, or ladder (all).")
   parser.add_argument("--out", required=True, help="Directory of the grid.")
   parser.add_argument("--corpus", default=os.path.normpath(DEFAULT_CORPUS),
                       help="Training text: globs of .txt/.jsonl(.gz)/.parquet.")
@@ -100,6 +107,14 @@ def main():
   parser.add_argument("overrides", nargs="*",
                       help="Extra --config.x=y flags for every run (after --).")
   args = parser.parse_args()
+  if args.task != "prose":
+    from benchmarks import ladder  # pylint: disable=g-import-not-at-top
+    if args.task not in ("ladder", *ladder.rungs(args.scale)):
+      parser.error(f"--task={args.task}: use prose, ladder or one of "
+                   f"{', '.join(ladder.rungs(args.scale))}")
+    stages = [s for s in args.stages.split(",") if s in ladder.STAGES]
+    ladder.run_ladder(args.scale, args.task, os.path.abspath(args.out), stages)
+    return
   scale = SCALES[args.scale]
   trials = args.niah_trials or scale.niah_trials
   out = os.path.abspath(args.out)

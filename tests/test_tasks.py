@@ -163,7 +163,7 @@ class _Oracle:
         else:
           earlier = np.flatnonzero(tokens[:p] == tokens[p])
           predicted[b, p] = tokens[earlier[-1] + 1] if len(earlier) else 0
-    return predicted
+    return predicted, np.zeros(tokens_BT.shape, np.float32)
 
 
 @pytest.mark.parametrize("name", list(tasks.TASKS))
@@ -171,7 +171,7 @@ def test_a_perfect_model_scores_one_and_buckets_add_up(name):
   documents = tasks.documents(name, PARAMS, BYTE, length=96, seed=3, count=10)
   scores = task_scores.score(None, None, documents, positional=None, mesh=helpers.mesh(),
                              batch_size=4, predict_fn=_Oracle(name))
-  assert scores.accuracy == 1.0
+  assert scores.accuracy == 1.0 and scores.loss == 0.0
   buckets = scores.by_distance([0, 24, 48, 72, 97])
   assert sum(b["answers"] for b in buckets) == len(scores.correct)
 
@@ -185,3 +185,4 @@ def test_a_random_model_scores_chance():
                              mesh=helpers.mesh(), batch_size=8)
   # Chance: 1 of the 264 ids; the 16 values would be 1/16.
   assert scores.accuracy < 1 / 16
+  assert abs(scores.loss - np.log(264)) < 0.5  # near-uniform predictions.

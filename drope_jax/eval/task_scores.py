@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
 from drope_jax import parallel
@@ -27,10 +28,16 @@ from drope_jax.model.positional import Positional
 class Scores:
   correct: np.ndarray    # [A] bool, every answer of every document, in order.
   distances: np.ndarray  # [A] the answer's distance (drope_jax/data/tasks/document.py).
+  losses: np.ndarray     # [A] cross-entropy of each answer, nats.
 
   @property
   def accuracy(self) -> float:
     return float(np.mean(self.correct)) if len(self.correct) else float("nan")
+
+  @property
+  def loss(self) -> float:
+    """Mean cross-entropy of the answers: what the softmax temperature is fitted on."""
+    return float(np.mean(self.losses)) if len(self.losses) else float("nan")
 
   def by_distance(self, edges: Sequence[int]) -> list[dict]:
     """Answers and accuracy per distance bucket [edges[i], edges[i+1]); empty buckets
@@ -45,10 +52,14 @@ class Scores:
 
 
 def make_predict_fn(graphdef, positional: Positional):
-  """A jitted (params, inputs_BT) -> the argmax next token at every position [B, T]."""
-  def predict(params, inputs_BT):
-    logits_BTV = nnx.merge(graphdef, params)(inputs_BT, positional=positional)
-    return jnp.argmax(logits_BTV, axis=-1).astype(jnp.int32)
+  """A jitted (params, tokens_BT) -> (the argmax next token [B, T], the cross-entropy
+  of each actual next token [B, T]; the last position's is 0)."""
+  def predict(params, tokens_BT):
+    logits_BTV = nnx.merge(graphdef, params)(tokens_BT, positional=positional)
+    losses_BT = optax.softmax_cross_entropy_with_integer_labels(
+        logits_BTV[:, :-1], tokens_BT[:, 1:])
+    return (jnp.argmax(logits_BTV, axis=-1).astype(jnp.int32),
+            jnp.pad(losses_BT, ((0, 0), (0, 1))))
 
   return jax.jit(predict)
 
@@ -59,14 +70,17 @@ def score(graphdef, params, documents: Sequence[Document], *, positional: Positi
   batch is padded with copies so every batch has one shape (one compilation)."""
   predict_fn = predict_fn or make_predict_fn(graphdef, positional)
   tokens_NT = np.stack([d.tokens for d in documents])
-  correct, distances = [], []
+  correct, distances, losses = [], [], []
   with parallel.mesh_context(mesh):
     for start in range(0, len(documents), batch_size):
       rows = tokens_NT[start:start + batch_size]
       padded = np.concatenate([rows, np.repeat(rows[:1], batch_size - len(rows), 0)])
-      predicted_BT = np.asarray(jax.device_get(predict_fn(params, padded)))
-      for doc, predicted_T in zip(documents[start:start + batch_size], predicted_BT):
-        # The prediction made at position p - 1 is the model's guess for token p.
+      predicted_BT, losses_BT = jax.device_get(predict_fn(params, padded))
+      for doc, predicted_T, losses_T in zip(documents[start:start + batch_size],
+                                            np.asarray(predicted_BT),
+                                            np.asarray(losses_BT)):
+        # What the model makes of position p - 1 is its guess for token p.
         correct.append(predicted_T[doc.answers - 1] == doc.tokens[doc.answers])
+        losses.append(losses_T[doc.answers - 1])
         distances.append(doc.distances)
-  return Scores(np.concatenate(correct), np.concatenate(distances))
+  return Scores(*(np.concatenate(x) for x in (correct, distances, losses)))

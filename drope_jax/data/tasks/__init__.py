@@ -34,8 +34,9 @@ from drope_jax.data.tasks.document import TokenRanges
 
 TASKS: dict[str, types.ModuleType] = {m.NAME: m for m in (recall, copy, induction)}
 LOSSES = ("answers", "all")
-# Streams of documents: the training split's, and the one evaluation draws from.
-_STREAMS = {"train": 0, "eval": 1}
+# Streams of documents: the training split's, the one evaluation scores, and the one
+# the NoPE softmax temperature is fitted on (never the scored documents).
+STREAMS = {"train": 0, "eval": 1, "fit": 2}
 
 __all__ = ["Document", "TokenRanges", "TASKS", "Params", "TaskSource", "draw",
            "documents", "token_ranges"]
@@ -101,15 +102,15 @@ def draw(name: str, params: Params, ranges: TokenRanges, *, length: int, split: 
          seed: int, index: int) -> Document:
   """Document `index` of the (`split`, `seed`) stream at `length` tokens: fixed by
   these alone, so every run and every rerun sees the same documents."""
-  rng = np.random.default_rng([_STREAMS[split], seed, length, index])
+  rng = np.random.default_rng([STREAMS[split], seed, length, index])
   return TASKS[name].make(length, ranges, params, rng)
 
 
 def documents(name: str, params: Params, tokenizer, *, length: int, seed: int,
-              count: int) -> list[Document]:
-  """The first `count` evaluation documents of seed `seed` at `length` tokens."""
+              count: int, split: str = "eval") -> list[Document]:
+  """The first `count` documents of the (`split`, `seed`) stream at `length` tokens."""
   ranges = token_ranges(tokenizer, params)
-  return [draw(name, params, ranges, length=length, split="eval", seed=seed, index=i)
+  return [draw(name, params, ranges, length=length, split=split, seed=seed, index=i)
           for i in range(count)]
 
 

@@ -1,0 +1,70 @@
+"""The synthetic-task ladder at CPU scale (benchmarks/reproduce.py --task=RUNG).
+
+    --config=configs/ladder_cpu.py:RUNG:VARIANT     e.g. induction:rope
+
+A 2-layer byte-level model trained at 128 tokens on one rung of drope_jax/data/tasks,
+sized so that RoPE learns each rung at 1x within its budget on 2 CPU cores (sizes
+fixed before the grid ran; see the ladder report). Rungs:
+
+  recall      multi-query associative recall, 8 pairs
+  copy        a random segment repeated once (offset half the document)
+  induction   2 random 8-token segments, each repeated once at a random offset
+  mix         induction documents mixed with prose (the Python stdlib's source), as
+              pretraining would have it: the same task, one document in two
+
+Variants: `rope`, `nope`, `drope` (benchmarks/reproduce.py sets the drop step).
+"""
+
+from drope_jax import config as config_lib
+
+# rung -> (data.source, data.weights, train.steps, task settings)
+RUNGS = {
+    "recall": ("recall", None, 600, dict(pairs=8)),
+    "copy": ("copy", None, 300, dict()),
+    "induction": ("induction", None, 600, dict(pairs=2, span=8)),
+    "mix": ("stdlib,induction", "1,1", 600, dict(pairs=2, span=8)),
+}
+
+
+def get_config(arg: str = "induction:drope"):
+  rung, _, variant = arg.partition(":")
+  if rung not in RUNGS:
+    raise ValueError(f"unknown rung {rung!r}: use one of {', '.join(RUNGS)} "
+                     "(configs/ladder_cpu.py:RUNG:VARIANT)")
+  source, weights, steps, task = RUNGS[rung]
+  config = config_lib.base_config(variant or "drope")
+
+  config.model.vocab_size = 264  # the byte tokenizer's 259 ids, rounded up.
+  config.model.d_model = 128
+  config.model.n_layers = 2
+  config.model.n_heads = 4
+  config.model.n_kv_heads = 2
+  config.model.head_dim = 32
+  config.model.d_ff = 512
+  config.model.rope_theta = 10_000.0
+  config.model.scan_layers = False  # faster on CPU (configs/tiny.py).
+
+  config.data.source = source
+  config.data.weights = weights
+  config.data.tokenizer = "byte"
+  # Whole documents per row: a task document is train.seq_len tokens + EOS.
+  config.data.packing = "first_fit" if "," in source else "concat"
+  config.data.task.update(task)
+
+  config.train.steps = steps
+  config.train.batch_size = 32
+  config.train.seq_len = 128
+  config.train.lr = 3e-3
+  config.train.warmup_steps = 30
+  config.train.log_every = 25
+  config.train.eval_every = 25   # task accuracy at 1x: the learning curves.
+  config.train.eval_batches = 4  # 128 documents.
+
+  config.drope.drop_at_step = steps * 7 // 8
+  config.drope.lr = 1e-3
+  config.drope.warmup_steps = 10
+
+  config.checkpoint.every_steps = steps // 8
+  config.checkpoint.max_to_keep = 2
+  config.checkpoint.keep_period = steps // 8  # the DroPE runs branch from these.
+  return config
