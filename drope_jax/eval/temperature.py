@@ -2,12 +2,25 @@
 
 A coarse grid over [0, 1] then a fine grid around its best point, minimising held-out
 loss at the target length. Each point is one evaluation (and one compilation: beta
-is static in the positional mode), so the grid is kept short.
+is static in the positional mode), so the grid is kept short. `fit_and_write` is
+`evaluate --fit_temperature`: it fits a NoPE checkpoint's c into W/eval/temperature.json,
+where methods.saved_c finds it for the 'temperature' method.
 """
 
+import dataclasses
+import math
 from collections.abc import Callable
 
 import numpy as np
+
+from drope_jax.eval import api
+from drope_jax.eval import heldout
+from drope_jax.eval import loading
+from drope_jax.eval import methods
+from drope_jax.eval import perplexity
+from drope_jax.eval import results
+from drope_jax.eval.errors import EvalError
+from drope_jax.model import rope_scaling
 
 
 def fit(loss_at: Callable[[float], float], *, low: float = 0.0, high: float = 1.0,
@@ -30,3 +43,35 @@ def fit(loss_at: Callable[[float], float], *, low: float = 0.0, high: float = 1.
                   fine_step))
   best = min(losses, key=losses.get)
   return best, sorted(losses.items())
+
+
+def fit_and_write(run: loading.Run, multiple: float, options: api.Options,
+                  say: Callable[[str], None]) -> None:
+  """Fits c at `multiple` x train.seq_len on the held-out tokens perplexity scores."""
+  stream = api.read_heldout_tokens(run, options)
+  base = run.positional()
+  if base.kind != "nope":
+    raise EvalError(f"{run.name} step {run.step} is a RoPE checkpoint: the softmax "
+                    "temperature is fitted for NoPE / DroPE (recalibrated) checkpoints")
+  length = methods.lengths_of(run, [str(multiple)])[0]
+  if length <= run.train_len:
+    raise EvalError(f"--length={multiple}: fit the temperature beyond the training "
+                    "length (a multiple > 1)")
+  kernel = methods.attention_for(run.config.model.attention, length, options.attention)
+  graphdef = run.graphdef(kernel)
+  windows = heldout.windows(stream, length, max(1, (len(stream) - 1) // length))
+  say(f"fitting c at length {length} on {windows.size - len(windows)} tokens ({kernel})")
+
+  def loss_at(c):
+    beta = rope_scaling.softmax_temperature(c, length, run.train_len)
+    return perplexity.evaluate(
+        graphdef, run.params, windows, mesh=run.mesh,
+        positional=dataclasses.replace(base, temperature=beta),
+        batch_size=methods.rows_for(run, length, options.batch_tokens)).loss
+
+  c, grid = fit(loss_at, progress=say)
+  path = results.write_record(run, "temperature", dict(
+      run=run.name, step=run.step, c=c, length=length, train_len=run.train_len,
+      grid=[dict(c=x, loss=loss, perplexity=math.exp(loss)) for x, loss in grid]))
+  beta = rope_scaling.softmax_temperature(c, length, run.train_len)
+  say(f"c = {c:.3f} (beta = {beta:.4f} at {length} tokens); wrote {path}")
