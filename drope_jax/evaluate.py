@@ -5,6 +5,8 @@
       [--lengths=1,2,4,8] [--methods=auto] [--temperature_c=0.412] [--eval_data=GLOB]
       [--niah_trials=10] [--niah_depths=0,0.25,0.5,0.75,1] [--niah_variants=...]
       [--attention=chunked]
+  python -m drope_jax.evaluate --workdir=DIR --evals=recall,copy,induction
+      [--task_docs=256] [--seed=0]
   python -m drope_jax.evaluate --workdir=DIR --fit_temperature [--length=4]
   python -m drope_jax.evaluate --compare DIR1 DIR2 ... --out=DIR
 
@@ -21,6 +23,9 @@ from a previous --fit_temperature). Outputs, under DIR/eval/:
   nonuniformity_grad.json                        RoPE vs NoPE gradient towards
                                                  non-uniform attention at initialisation
                                                  (drope_jax/eval/nonuniformity.py)
+  recall_<method>.json, copy_<method>.json,      synthetic-task accuracy per length and
+  induction_<method>.json                        by distance (eval/evaluations/
+                                                 task_accuracy.py)
   temperature.json                               the fitted c (--fit_temperature)
   report.md + PNGs                               every method evaluated so far
 where <method> is rope, pi, ntk, yarn, dynamic_ntk, nope or temperature.
@@ -80,7 +85,11 @@ _ATTENTION = flags.DEFINE_enum(
     "attention", None, list(kernels.IMPLS),
     f"Attention kernel; default the run's, and chunked beyond {kernels.XLA_MAX_LEN} "
     "tokens.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the NIAH prompts.")
+_SEED = flags.DEFINE_integer(
+    "seed", 0, "Seed of the NIAH prompts and of the synthetic tasks' documents (their "
+    "evaluation stream, which training never draws from).")
+_TASK_DOCS = flags.DEFINE_integer(
+    "task_docs", 256, "Synthetic tasks (recall, copy, induction): documents per length.")
 _NONUNIFORMITY_ROWS = flags.DEFINE_integer(
     "nonuniformity_rows", 8, "nonuniformity_grad: held-out windows of train.seq_len.")
 _FIT = flags.DEFINE_bool("fit_temperature", False,
@@ -99,6 +108,8 @@ def _options() -> api.Options:
   """The evaluation flags, checked before the checkpoint is restored."""
   _check_choices("niah_variants", _NIAH_VARIANTS.value, needles.VARIANTS)
   depths = _parse_depths(_NIAH_DEPTHS.value)
+  if _TASK_DOCS.value < 1:
+    raise EvalError(f"--task_docs={_TASK_DOCS.value}: use a positive number of documents")
   if _NONUNIFORMITY_ROWS.value < 1:
     raise EvalError(f"--nonuniformity_rows={_NONUNIFORMITY_ROWS.value}: use a positive "
                     "number of windows")
@@ -107,7 +118,8 @@ def _options() -> api.Options:
       eval_tokens=_EVAL_TOKENS.value, batch_tokens=_BATCH_TOKENS.value,
       niah_trials=_NIAH_TRIALS.value, niah_depths=depths,
       niah_variants=tuple(_NIAH_VARIANTS.value), attention=_ATTENTION.value,
-      seed=_SEED.value, nonuniformity_rows=_NONUNIFORMITY_ROWS.value)
+      seed=_SEED.value, nonuniformity_rows=_NONUNIFORMITY_ROWS.value,
+      task_docs=_TASK_DOCS.value)
 
 
 def _parse_depths(values) -> tuple[float, ...]:

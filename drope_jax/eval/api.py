@@ -31,8 +31,9 @@ class Options:
   niah_depths: tuple[float, ...]   # needle depths in [0, 1].
   niah_variants: tuple[str, ...]   # needles.VARIANTS.
   attention: str | None            # the attention kernel; None: methods.attention_for.
-  seed: int                        # seed of the NIAH prompts.
+  seed: int                        # seed of the NIAH prompts and task documents.
   nonuniformity_rows: int          # nonuniformity_grad: windows of train.seq_len.
+  task_docs: int                   # synthetic tasks: documents per length.
 
 
 @dataclasses.dataclass(frozen=True)

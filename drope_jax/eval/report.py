@@ -42,7 +42,9 @@ from matplotlib import ticker
 from matplotlib.figure import Figure
 import numpy as np
 
+from drope_jax.data.tasks import TASKS
 from drope_jax.eval import report_analysis
+from drope_jax.eval import report_tasks
 
 _PERPLEXITY_KEYS = ("run", "method", "train_len", "lengths", "perplexity")
 _NIAH_KEYS = ("run", "method", "results")
@@ -51,8 +53,8 @@ _RESULT_KEYS = ("variant", "length", "depth", "success_rate", "trials")
 
 def write_report(run_dirs_or_json: list[str], out_dir: str) -> str:
   """Writes report.md and its PNGs into `out_dir`; returns report.md's path."""
-  perplexity, niah, needle, nonuniformity = _load(run_dirs_or_json)
-  if not (perplexity or niah or needle or nonuniformity):
+  perplexity, niah, needle, nonuniformity, tasks = _load(run_dirs_or_json)
+  if not (perplexity or niah or needle or nonuniformity or tasks):
     raise ValueError(
         f"no evaluation JSON found in {run_dirs_or_json}: run "
         "`python -m drope_jax.evaluate --workdir=<dir>` first")
@@ -82,7 +84,8 @@ def write_report(run_dirs_or_json: list[str], out_dir: str) -> str:
               "(%) per variant and length, averaged over depths.", "",
               *_table(rows, perplexity, niah, train_lens), "", "## Plots", ""]
     lines += _images(plots)
-  for data, section in ((needle, report_analysis.needle_section),
+  for data, section in ((tasks, report_tasks.section),
+                        (needle, report_analysis.needle_section),
                         (nonuniformity, report_analysis.nonuniformity_section)):
     if data:
       section_lines, section_plots = section(data, out_dir)
@@ -99,14 +102,15 @@ def _images(names):
 
 def _load(paths):
   """Returns ({row: perplexity dict}, {row: niah dict}, {row: needle attention dict},
-  {run: nonuniformity dict}); row = (run, method)."""
-  perplexity, niah, needle, nonuniformity = {}, {}, {}, {}
+  {run: nonuniformity dict}, {(task, *row): task accuracy dict}); row = (run, method)."""
+  perplexity, niah, needle, nonuniformity, tasks = {}, {}, {}, {}, {}
   for path in paths:
     if os.path.isdir(path):
       folder = os.path.join(path, "eval") if os.path.isdir(
           os.path.join(path, "eval")) else path
       files = sorted(sum((glob.glob(os.path.join(folder, f"{kind}*.json")) for kind in (
-          "perplexity", "niah", "needle_attention", "nonuniformity_grad")), []))
+          "perplexity", "niah", "needle_attention", "nonuniformity_grad",
+          *TASKS)), []))
     elif os.path.isfile(path):
       files = [path]
     else:
@@ -114,7 +118,10 @@ def _load(paths):
     for file in files:
       with open(file) as f:
         data = json.load(f)
-      if "nonuniformity" in data:
+      if "accuracy" in data:
+        _require(data, report_tasks.KEYS, file)
+        tasks[report_tasks.task_of(file), data["run"], data["method"]] = data
+      elif "nonuniformity" in data:
         _require(data, report_analysis.NONUNIFORMITY_KEYS, file)
         nonuniformity[data["run"]] = data
       elif "metrics" in data:
@@ -132,7 +139,7 @@ def _load(paths):
         raise ValueError(
             f"{file} is not a perplexity, NIAH, needle attention or non-uniformity "
             "evaluation: see the schemas in drope_jax/eval/report.py")
-  return perplexity, niah, needle, nonuniformity
+  return perplexity, niah, needle, nonuniformity, tasks
 
 
 def _require(data, keys, file):
