@@ -29,7 +29,8 @@ from benchmarks import reproduce_report
 
 # Fixed before the grid ran; never chosen by looking at results.
 LENGTHS = "1,2,4,8"
-EVAL_DOCS = 256        # documents per length (their answers are scored).
+EVAL_DOCS = 128        # documents per length (their answers are scored).
+FIT_DOCS = 64          # documents of the fit stream the temperature is fitted on.
 EVAL_SEED = 0          # evaluation documents; training draws from another stream.
 FIT_LENGTH = 4         # the NoPE softmax temperature is fitted at 4x.
 
@@ -52,14 +53,19 @@ def rungs(scale: str) -> list[str]:
   return list(_config_module(LADDER_CONFIGS[scale]).RUNGS)
 
 
-def run_ladder(scale: str, task: str, out: str, stages: list[str]):
+def run_ladder(scale: str, task: str, out: str, stages: list[str], *,
+               steps: int | None = None, runs: list[str] | None = None,
+               overrides=(), eval_docs: int = EVAL_DOCS):
+  """`runs`: a subset of the run names (default all); `steps`, `overrides` (config
+  flags for every run) and `eval_docs` resize a grid, e.g. for a smoke test."""
   names = rungs(scale) if task == "ladder" else [task]
   started = time.time()
   for index, rung in enumerate(names):
     rung_out = os.path.join(out, rung) if task == "ladder" else out
     print(f"[ladder] rung {index + 1} of {len(names)}: {rung} -> {rung_out} (elapsed "
           f"{(time.time() - started) / 60:.0f} min)", flush=True)
-    TaskGrid(rung_out, LADDER_CONFIGS[scale], rung).run(stages, scale)
+    TaskGrid(rung_out, LADDER_CONFIGS[scale], rung, steps=steps, runs=runs,
+             overrides=overrides, eval_docs=eval_docs).run(stages, scale)
   if task == "ladder" and "report" in stages:
     path = ladder_report.write_ladder(out, names, scale=scale,
                                       minutes=(time.time() - started) / 60)
@@ -69,15 +75,17 @@ def run_ladder(scale: str, task: str, out: str, stages: list[str]):
 class TaskGrid(reproduce_lib.Grid):
   """The prose Grid's branching, training and progress, on a task rung's config."""
 
-  def __init__(self, out: str, config_file: str, rung: str):
+  def __init__(self, out: str, config_file: str, rung: str, *, steps=None, runs=None,
+               overrides=(), eval_docs: int = EVAL_DOCS):
     os.makedirs(out, exist_ok=True)
     self.rung = rung
     config = _config_module(config_file).get_config(f"{rung}:rope")
     self.task = next(s for s in config.data.source.split(",") if s in _task_names())
     super().__init__(out, config_file, corpus=None, vocab=None,
-                     steps=config.train.steps, overrides=[])
+                     steps=steps or config.train.steps, overrides=overrides)
     self.lr = config.train.lr
-    self.runs = reproduce_lib.RUNS + SWEEP
+    self.runs = tuple(r for r in reproduce_lib.RUNS + SWEEP if not runs or r.name in runs)
+    self.eval_docs = eval_docs
     self.timings = {}
 
   def run(self, stages, scale):
@@ -93,8 +101,8 @@ class TaskGrid(reproduce_lib.Grid):
           runs=[(r.name, r.change or reproduce_report.RUN_NAMES.get(r.name, r.name))
                 for r in self.runs],
           drop_steps={r.name: self.drop_step(r) for r in self.runs if r.drop_fraction},
-          settings=dict(lengths=LENGTHS, docs=EVAL_DOCS, seed=EVAL_SEED,
-                        fit_length=FIT_LENGTH),
+          settings=dict(lengths=LENGTHS, docs=self.eval_docs, seed=EVAL_SEED,
+                        fit_length=FIT_LENGTH, fit_docs=min(FIT_DOCS, self.eval_docs)),
           timings=self.timings)
       print(f"[ladder] wrote {path}", flush=True)
 
@@ -107,16 +115,19 @@ class TaskGrid(reproduce_lib.Grid):
     return {r.name: self.drop_step(r) for r in self.runs if r.drop_fraction}
 
   def _keep_period(self) -> int:
-    return math.gcd(*(self.drop_step(r) for r in self.runs if r.drop_fraction),
-                    self.steps)
+    return math.gcd(*(self.drop_step(r) for r in reproduce_lib.RUNS + SWEEP
+                      if r.drop_fraction), self.steps)
 
   def flags(self, run) -> list[str]:
     flags = [f"--config={self.config_file}:{self.rung}:{run.variant}",
              f"--workdir={os.path.join(self.out, run.name)}",
+             f"--config.train.steps={self.steps}",
+             # Checkpoints land on every drop step, and the RoPE run keeps them.
+             f"--config.checkpoint.every_steps={self._keep_period()}",
              f"--config.checkpoint.keep_period={self._keep_period()}"]
     if run.drop_fraction:
       flags.append(f"--config.drope.drop_at_step={self.drop_step(run)}")
-    return flags + [o.format(lr=self.lr) for o in run.overrides]
+    return flags + self.overrides + [o.format(lr=self.lr) for o in run.overrides]
 
   def evaluate_task(self, run):
     workdir = os.path.join(self.out, run.name)
@@ -126,11 +137,12 @@ class TaskGrid(reproduce_lib.Grid):
     evaluate = ["-m", "drope_jax.evaluate", f"--workdir={workdir}"]
     sweep = run.name.startswith("sweep/")
     if run.variant != "rope" and not sweep:  # NoPE checkpoints: fit c at 4x first.
-      reproduce_lib._run(f"fit temperature {run.name}",
-                         [*evaluate, "--fit_temperature", f"--length={FIT_LENGTH}"])
+      reproduce_lib._run(f"fit temperature {run.name}", [
+          *evaluate, "--fit_temperature", f"--length={FIT_LENGTH}",
+          f"--task_docs={min(FIT_DOCS, self.eval_docs)}", f"--seed={EVAL_SEED}"])
     reproduce_lib._run(f"evaluate {run.name}", [
         *evaluate, f"--evals={self.task}", f"--lengths={LENGTHS}",
-        f"--task_docs={EVAL_DOCS}", f"--seed={EVAL_SEED}",
+        f"--task_docs={self.eval_docs}", f"--seed={EVAL_SEED}",
         *(["--methods=none"] if sweep else [])])
     with open(done, "w") as f:
       f.write("ok\n")

@@ -124,8 +124,9 @@ def _setup(rung, task, config, steps, drop_steps, settings):
       f"documents per length from evaluation seed {settings['seed']} (training never "
       f"draws from the evaluation stream); an answer counts when the model's argmax "
       f"next token is right (teacher-forced); the NoPE softmax temperature c is fitted "
-      f"at {settings['fit_length']}x on the answers' loss of other documents (the fit "
-      f"stream), never on the evaluated ones.", ""]
+      f"at {settings['fit_length']}x on the answers' loss of {settings['fit_docs']} other "
+      f"documents (the fit stream), never on the evaluated ones (a run whose data mixes "
+      f"in prose fits it on held-out prose, as the paper does).", ""]
 
 
 def _learning(out, curves, drop_steps):

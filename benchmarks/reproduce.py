@@ -27,7 +27,7 @@ drope_jax/data/tasks, or `ladder` for all of them, runs benchmarks/ladder.py.
    recalibration, its learning rate, its optimizer state), perplexity-evaluated, to
    explain where DroPE lands.
 5. DIR/report.md with our numbers beside the paper's, and the plots.
-`--stages` runs a subset (train, evaluate, analyses, controls, report).
+`--stages` runs a subset (data, train, evaluate, analyses, controls, report).
 
 Every stage is skipped when its output exists, so a crashed or killed grid picks up
 where it stopped (and a killed run resumes from its last checkpoint).
@@ -87,7 +87,7 @@ CONTROLS = (
     Run("controls/keep_adam", "drope", 0.875, "AdamW moments kept at the drop",
         ("--config.drope.reset_optimizer=False",)),
 )
-STAGES = ("train", "evaluate", "analyses", "controls", "report")
+STAGES = ("data", "train", "evaluate", "analyses", "controls", "report")
 
 
 def main():
@@ -95,6 +95,11 @@ def main():
   parser.add_argument("--scale", choices=sorted(SCALES), default="cpu")
   parser.add_argument("--task", default="prose",
                       help="prose, a rung of configs/ladder_<scale>.py, or ladder (all).")
+  parser.add_argument("--runs", default=None,
+                      help="Synthetic rungs: a comma-separated subset of the runs.")
+  parser.add_argument("--eval_docs", type=int, default=None,
+                      help="Synthetic rungs: documents per length (default: the "
+                      "ladder's fixed setting).")
   parser.add_argument("--out", required=True, help="Directory of the grid.")
   parser.add_argument("--corpus", default=os.path.normpath(DEFAULT_CORPUS),
                       help="Training text: globs of .txt/.jsonl(.gz)/.parquet.")
@@ -113,7 +118,10 @@ def main():
       parser.error(f"--task={args.task}: use prose, ladder or one of "
                    f"{', '.join(ladder.rungs(args.scale))}")
     stages = [s for s in args.stages.split(",") if s in ladder.STAGES]
-    ladder.run_ladder(args.scale, args.task, os.path.abspath(args.out), stages)
+    ladder.run_ladder(args.scale, args.task, os.path.abspath(args.out), stages,
+                      steps=args.steps, runs=args.runs and args.runs.split(","),
+                      overrides=args.overrides,
+                      eval_docs=args.eval_docs or ladder.EVAL_DOCS)
     return
   scale = SCALES[args.scale]
   trials = args.niah_trials or scale.niah_trials
@@ -123,8 +131,9 @@ def main():
               [*scale.overrides, *args.overrides])
 
   stages = args.stages.split(",")
-  if "train" in stages:
+  if "data" in stages or "train" in stages:
     grid.prepare_data()
+  if "train" in stages:
     for index, run in enumerate(RUNS):
       grid.train(run, index)
   if "evaluate" in stages:
