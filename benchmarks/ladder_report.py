@@ -92,12 +92,11 @@ def write_rung(out: str, *, rung: str, task: str, scale: str, steps: int, runs,
   metrics = {n: load_metrics(os.path.join(out, n)) for n in names}
   accuracy = {n: load_accuracy(os.path.join(out, n), task) for n in names}
   curves = {n: curve(metrics[n], task) for n in names}
-  config = _first_config(metrics)
   lines = [f"# The {rung} rung ({scale} scale)", ""]
-  lines += _setup(rung, task, config, steps, drop_steps, settings)
+  lines += _setup(rung, task, steps, drop_steps, settings)
   lines += _learning(out, curves, drop_steps)
   lines += _lengths(out, accuracy)
-  lines += _distance(out, accuracy, config)
+  lines += _distance(out, accuracy)
   lines += _recovery(out, curves, drop_steps)
   lines += _temperature(out, names)
   lines += _sweep(accuracy, curves, changes, drop_steps)
@@ -109,11 +108,7 @@ def write_rung(out: str, *, rung: str, task: str, scale: str, steps: int, runs,
   return path
 
 
-def _first_config(metrics):
-  return {}
-
-
-def _setup(rung, task, config, steps, drop_steps, settings):
+def _setup(rung, task, steps, drop_steps, settings):
   drops = ", ".join(f"{n} at step {s}" for n, s in drop_steps.items())
   return [
       f"Task `{task}` (drope_jax/data/tasks/{task}.py); model, data and budget in "
@@ -187,7 +182,7 @@ def _lengths(out, accuracy):
   return lines + ["", "![accuracy vs length](accuracy_vs_length.png)", ""]
 
 
-def _distance(out, accuracy, config):
+def _distance(out, accuracy):
   """At the longest length, accuracy by how far back the answer's cue sits."""
   figure = Figure(figsize=(8, 4.5))
   axes = figure.subplots()

@@ -327,9 +327,8 @@ class Trainer:
       loss_sum, weight_sum = loss_sum + float(l), weight_sum + float(w)
     results = {"eval_loss": loss_sum / max(weight_sum, 1.0)}
     for name, documents in self._task_documents().items():
-      scores = task_scores.score(None, state.params, documents, positional=None,
-                                 mesh=self.mesh, batch_size=self.local_batch,
-                                 predict_fn=predict_fn)
+      scores = task_scores.score(predict_fn, state.params, documents, mesh=self.mesh,
+                                 batch_size=self.local_batch)
       results[f"{name}_accuracy"] = scores.accuracy
     return results
 

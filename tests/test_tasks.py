@@ -169,8 +169,8 @@ class _Oracle:
 @pytest.mark.parametrize("name", list(tasks.TASKS))
 def test_a_perfect_model_scores_one_and_buckets_add_up(name):
   documents = tasks.documents(name, PARAMS, BYTE, length=96, seed=3, count=10)
-  scores = task_scores.score(None, None, documents, positional=None, mesh=helpers.mesh(),
-                             batch_size=4, predict_fn=_Oracle(name))
+  scores = task_scores.score(_Oracle(name), None, documents, mesh=helpers.mesh(),
+                             batch_size=4)
   assert scores.accuracy == 1.0 and scores.loss == 0.0
   buckets = scores.by_distance([0, 24, 48, 72, 97])
   assert sum(b["answers"] for b in buckets) == len(scores.correct)
@@ -180,9 +180,9 @@ def test_a_random_model_scores_chance():
   config = helpers.tiny_config("rope", vocab_size=264)
   graphdef, params = nnx.split(helpers.build_model(config.model), nnx.Param)
   documents = tasks.documents("recall", PARAMS, BYTE, length=64, seed=0, count=16)
-  scores = task_scores.score(graphdef, params, documents,
-                             positional=Positional(kind="rope", theta=1e4),
-                             mesh=helpers.mesh(), batch_size=8)
+  predict_fn = task_scores.make_predict_fn(graphdef, Positional(kind="rope", theta=1e4))
+  scores = task_scores.score(predict_fn, params, documents, mesh=helpers.mesh(),
+                             batch_size=8)
   # Chance: 1 of the 264 ids; the 16 values would be 1/16.
   assert scores.accuracy < 1 / 16
   assert abs(scores.loss - np.log(264)) < 0.5  # near-uniform predictions.

@@ -1,7 +1,7 @@
 """Accuracy of a model on synthetic task documents (drope_jax/data/tasks).
 
-    scores = task_scores.score(graphdef, params, documents, positional=..., mesh=...,
-                               batch_size=8)
+    predict_fn = task_scores.make_predict_fn(graphdef, positional)
+    scores = task_scores.score(predict_fn, params, documents, mesh=mesh, batch_size=8)
     scores.accuracy, scores.by_distance(edges)
 
 One forward pass per document, teacher-forced: an answer counts as correct when the
@@ -64,11 +64,11 @@ def make_predict_fn(graphdef, positional: Positional):
   return jax.jit(predict)
 
 
-def score(graphdef, params, documents: Sequence[Document], *, positional: Positional,
-          mesh, batch_size: int, predict_fn=None) -> Scores:
-  """Scores `documents` (all of one length) in batches of `batch_size` rows; the last
-  batch is padded with copies so every batch has one shape (one compilation)."""
-  predict_fn = predict_fn or make_predict_fn(graphdef, positional)
+def score(predict_fn, params, documents: Sequence[Document], *, mesh,
+          batch_size: int) -> Scores:
+  """Scores `documents` (all of one length) with a `make_predict_fn` function, in
+  batches of `batch_size` rows; the last batch is padded with copies so every batch has
+  one shape (one compilation)."""
   tokens_NT = np.stack([d.tokens for d in documents])
   correct, distances, losses = [], [], []
   with parallel.mesh_context(mesh):

@@ -81,8 +81,9 @@ def fit_and_write(run: loading.Run, multiple: float, options: api.Options,
     beta = rope_scaling.softmax_temperature(c, length, run.train_len)
     positional = dataclasses.replace(base, temperature=beta)
     if task:
-      return task_scores.score(graphdef, run.params, documents, positional=positional,
-                               mesh=run.mesh, batch_size=batch_size).loss
+      return task_scores.score(task_scores.make_predict_fn(graphdef, positional),
+                               run.params, documents, mesh=run.mesh,
+                               batch_size=batch_size).loss
     return perplexity.evaluate(graphdef, run.params, windows, mesh=run.mesh,
                                positional=positional, batch_size=batch_size).loss
 

@@ -42,9 +42,10 @@ class TaskAccuracy:
         kernel = methods.attention_for(run.config.model.attention, length,
                                        options.attention)
         started = time.perf_counter()
+        predict_fn = task_scores.make_predict_fn(
+            run.graphdef(kernel), method.positional(length, run.train_len))
         score = task_scores.score(
-            run.graphdef(kernel), run.params, documents[length],
-            positional=method.positional(length, run.train_len), mesh=run.mesh,
+            predict_fn, run.params, documents[length], mesh=run.mesh,
             batch_size=methods.rows_for(run, length, options.batch_tokens))
         ctx.say(f"{self.name} {method.name:>11} length {length:>6} ({kernel}): accuracy "
                 f"{score.accuracy:.4f} over {len(score.correct)} answers "
