@@ -26,7 +26,10 @@ def test_a_short_rung_grid_writes_its_report(tmp_path):
   for run in ("rope", "drope"):
     assert (out / run / "checkpoints" / "8").is_dir()
   with open(out / "drope" / "metrics.jsonl") as f:
-    phases = {json.loads(line)["step"]: json.loads(line)["phase"] for line in f}
+    lines = [json.loads(line) for line in f]
+  phases = {line["step"]: line["phase"] for line in lines}
+  # The in-run accuracy at 1x, every train.eval_every steps: the learning curves.
+  assert [l["step"] for l in lines if "induction_accuracy" in l] == [1, 3, 5, 7]
   assert {p for s, p in phases.items() if s < 7} == {"pretrain"}
   assert {p for s, p in phases.items() if s >= 7} == {"recalibrate"}
   # Every method of each checkpoint at every length, with accuracy in [0, 1].

@@ -17,6 +17,7 @@ import numpy as np
 
 from drope_jax.data import pipeline
 from drope_jax.data import sources
+from drope_jax.data import tasks
 from drope_jax.data import tokenizers
 
 _READ_ROW = 4096  # Tokens per pipeline row when reading the eval split.
@@ -92,15 +93,19 @@ def _eval_split_rows(config) -> Iterator[np.ndarray]:
 
 
 def _prose_components(data_config) -> tuple[str, str | None]:
-  """The mixture without its synthetic `needles` component: held-out text is prose."""
+  """The mixture without its synthetic components (needles, tasks): held-out text is
+  prose."""
+  synthetic = {"needles", *tasks.TASKS}
   names = pipeline.component_names(data_config)
   weights = (data_config.weights.split(",") if data_config.weights
              else ["1"] * len(names))
-  kept = [w for name, w in zip(names, weights) if name != "needles"]
+  kept = [w for name, w in zip(names, weights) if name not in synthetic]
   if not kept:
     raise sources.InputError(
-        "the run trained on needle documents only: give held-out prose with --eval_data")
-  source = ",".join(s for s in data_config.source.split(",") if s.strip() != "needles")
+        "the run trained on synthetic documents only (needles or a task): give held-out "
+        "prose with --eval_data")
+  source = ",".join(s for s in data_config.source.split(",")
+                    if s.strip() not in synthetic)
   return source, ",".join(kept)
 
 
