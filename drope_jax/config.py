@@ -9,6 +9,7 @@ from ml_collections import config_dict
 
 from drope_jax import errors
 from drope_jax import plan
+from drope_jax.data import framing
 from drope_jax.model import positional
 
 
@@ -67,6 +68,10 @@ def base_config(variant: str = "drope") -> ml_collections.ConfigDict:
       paths=config_dict.placeholder(str),     # comma-separated shard dirs for `shards`.
       weights=config_dict.placeholder(str),   # comma-separated mixture weights.
       tokenizer="byte",
+      # How a text starts for the model in generate and evaluate (drope_jax/data/framing.py):
+      # eos (a native run: documents follow an EOS) | bos | none (`hf import` sets the
+      # source tokenizer's).
+      framing="eos",
       packing="concat",       # concat (concatenate-and-split) | first_fit (document-aware).
       document_mask=False,    # segment ids + per-document positions (attention stays in-doc).
       num_workers=0,          # grain worker processes for prefetch.
@@ -168,6 +173,7 @@ def _choices() -> dict[str, tuple[str, ...]]:
       "model.param_dtype": ("float32", "bfloat16"),
       "model.dtype": ("float32", "bfloat16"),
       "data.packing": pipeline.PACKINGS,
+      "data.framing": framing.FRAMINGS,
       "train.schedule": optim.SCHEDULES,
       "train.on_nan": ("stop", "skip"),
       "drope.schedule": optim.SCHEDULES,

@@ -1,5 +1,6 @@
 """Tiny random Hugging Face models and tokenizers for the tests/test_hf_*.py files."""
 
+import json
 import os
 
 import torch
@@ -45,8 +46,13 @@ def hf_model(name: str, seed: int = 0, **overrides):
   return model.eval()
 
 
-def tokenizer(directory: str, bos="<s>", eos="</s>", pad="<pad>"):
-  """A byte-level BPE tokenizer (ids 0, 1, 2: pad, bos, eos) saved into `directory`."""
+def tokenizer(directory: str, bos="<s>", eos="</s>", pad="<pad>", *, add_bos=False,
+              chat_template=None):
+  """A byte-level BPE tokenizer (ids 0, 1, 2: pad, bos, eos) saved into `directory`.
+
+  add_bos: it starts every text with BOS, as Llama's does (a post-processor in
+  tokenizer.json and add_bos_token in tokenizer_config.json).
+  """
   import tokenizers  # pylint: disable=g-import-not-at-top
   tok = tokenizers.Tokenizer(tokenizers.models.BPE())
   tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -55,9 +61,19 @@ def tokenizer(directory: str, bos="<s>", eos="</s>", pad="<pad>"):
       vocab_size=VOCAB - 20, special_tokens=[pad, bos, eos],
       initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
   tok.train_from_iterator([TEXT * 3], trainer)
+  if add_bos:
+    tok.post_processor = tokenizers.processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, 1)])
   fast = transformers.PreTrainedTokenizerFast(
-      tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad)
+      tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad,
+      chat_template=chat_template)
   fast.save_pretrained(directory)
+  if add_bos:  # transformers 5 does not save the flag; Llama's own files carry it.
+    path = os.path.join(directory, "tokenizer_config.json")
+    with open(path) as f:
+      config = json.load(f)
+    with open(path, "w") as f:
+      json.dump(dict(config, add_bos_token=True), f)
   return fast
 
 

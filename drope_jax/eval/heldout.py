@@ -11,7 +11,7 @@ The stream starts at the same document whatever length is evaluated, so every le
 sees the same text (longer windows just see it in fewer, longer pieces).
 """
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -48,17 +48,23 @@ def text(config, num_tokens: int, *, eval_data: str | None = None,
   return "\n\n".join(d for d in (tokenizer.decode(d).strip() for d in documents) if d)
 
 
-def windows(stream: np.ndarray, length: int, count: int) -> np.ndarray:
-  """[count', length + 1] contiguous windows from the start of `stream` (count' <= count):
+def windows(stream: np.ndarray, length: int, count: int,
+            prefix: Sequence[int] = ()) -> np.ndarray:
+  """[count', length + 1] windows from the start of `stream` (count' <= count), each the
+  `prefix` (none or one token: drope_jax/data/framing.py) then contiguous tokens:
   inputs are [:, :-1], targets [:, 1:]."""
-  count = min(count, (len(stream) - 1) // length)
+  piece = length + 1 - len(prefix)
+  count = min(count, (len(stream) - piece) // length + 1)
   if count < 1:
     raise sources.InputError(
         f"the held-out data has {len(stream)} tokens, fewer than one window of "
-        f"{length + 1}: raise --eval_tokens, give more --eval_data or lower --lengths")
-  # Windows overlap by one token so that every token is predicted exactly once.
+        f"{piece}: raise --eval_tokens, give more --eval_data or lower --lengths")
+  # Pieces start `length` apart so that every token is predicted exactly once: without
+  # a prefix they overlap by one (a piece's first token is its input only); after a
+  # one-token prefix they do not (the prefix predicts the first).
   starts = np.arange(count) * length
-  return np.stack([stream[s:s + length + 1] for s in starts])
+  return np.stack([np.concatenate([prefix, stream[s:s + piece]]) for s in starts]
+                  ).astype(stream.dtype)
 
 
 def _token_documents(config, eval_data, text_field) -> Iterator[np.ndarray]:

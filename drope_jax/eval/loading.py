@@ -25,6 +25,7 @@ from drope_jax import errors
 from drope_jax import parallel
 from drope_jax import plan as plan_lib
 from drope_jax import train_step
+from drope_jax.data import framing as framing_lib
 from drope_jax.data import tokenizers
 from drope_jax.model import positional as positional_lib
 from drope_jax.model import transformer
@@ -64,6 +65,11 @@ class Run:
 
   def tokenizer(self) -> tokenizers.Tokenizer:
     return tokenizers.get_tokenizer(self.config.data.tokenizer)
+
+  @property
+  def framing(self) -> str:
+    """How a text starts for this model (drope_jax/data/framing.py)."""
+    return framing_lib.of_config(self.config)
 
   def graphdef(self, attention: str | None = None):
     """The model's static structure, optionally with another attention kernel."""

@@ -33,6 +33,7 @@ import numpy as np
 from flax import nnx
 
 from drope_jax import parallel
+from drope_jax.data import framing as framing_lib
 from drope_jax.data import needles
 from drope_jax.eval import attention_probe
 from drope_jax.eval import niah_runner
@@ -45,13 +46,16 @@ _BEFORE_VALUE, _AFTER_VALUE = needles.NEEDLE.split("{key}")[1].split("{value}")
 _VALUE_CHARS = 7  # needles._needles draws 7-digit values.
 
 
-def needle_spans(tokenizer, example: needles.NiahExample) -> tuple[tuple[int, int], ...]:
+def needle_spans(tokenizer, example: needles.NiahExample,
+                 framing: str = framing_lib.NATIVE) -> tuple[tuple[int, int], ...]:
   """Token spans ((a, b) of the asked value, (s, e) of its sentence) in the prompt
-  as niah_runner.make_prompts encodes it (EOS, then the prompt's tokens)."""
+  as niah_runner.make_prompts encodes it (the framing's prefix, then the prompt's
+  tokens)."""
   start = example.needle_char_offsets[0]
   value_start = example.prompt.index(_BEFORE_VALUE, start) + len(_BEFORE_VALUE)
   end = min(value_start + _VALUE_CHARS + len(_AFTER_VALUE), len(example.prompt))
-  token = lambda char: 1 + len(tokenizer.encode(example.prompt[:char]))
+  prefix = len(framing_lib.prompt_prefix(framing, tokenizer))
+  token = lambda char: prefix + len(tokenizer.encode(example.prompt[:char]))
   a, b = token(value_start), token(value_start + _VALUE_CHARS)
   return (a, max(b, a + 1)), (token(start), token(end))
 
@@ -89,7 +93,8 @@ def make_probe_fn(graphdef, positional: Positional):
 def run(graphdef_for: Callable[[int], object], params, *, tokenizer, haystack: str, lengths: Sequence[int],
         variants: Sequence[str], depths: Sequence[float], trials: int,
         positional_for: Callable[[int], Positional], rows_for: Callable[[int], int],
-        mesh, seed: int = 0, progress: Callable[[str], None] = print) -> dict:
+        mesh, seed: int = 0, framing: str = framing_lib.NATIVE,
+        progress: Callable[[str], None] = print) -> dict:
   """Per length, the mean of every metric per [layer][head] and the chance levels
   (graphdef_for(length): the model's structure, e.g. its attention kernel, there):
   {"lengths", "prompts", "metrics": {metric: [per length [L][H]]}, "chance": {...}}."""
@@ -100,7 +105,8 @@ def run(graphdef_for: Callable[[int], object], params, *, tokenizer, haystack: s
   for length in lengths:
     examples, prompts = niah_runner.make_prompts(
         tokenizer, haystack, length=length, variants=variants, depths=depths,
-        trials=trials, seed=seed, answer_budget=budget, progress=progress)
+        trials=trials, seed=seed, answer_budget=budget, framing=framing,
+        progress=progress)
     if not examples:
       continue
     probe = make_probe_fn(graphdef_for(length), positional_for(length))
@@ -116,7 +122,7 @@ def run(graphdef_for: Callable[[int], object], params, *, tokenizer, haystack: s
           last_B[i] = len(prompt) - 1
         probs_LBHS = np.asarray(jax.device_get(probe(params, tokens_BS, last_B)))
         for i, example in enumerate(examples[start:start + rows]):
-          spans = needle_spans(tokenizer, example)
+          spans = needle_spans(tokenizer, example, framing)
           for name, value in head_metrics(probs_LBHS[:, i], int(last_B[i]), *spans).items():
             sums[name] = sums[name] + value
           for name, value in chance(int(last_B[i]), *spans).items():

@@ -1,7 +1,9 @@
 """Runs the needle-in-a-haystack grid on a model: variants x lengths x depths x trials.
 
-Every prompt is built by drope_jax.data.needles (the task training documents use) from held-out prose, starts with EOS (as
-a document does in training) and leaves room for the answer inside the evaluated
+Every prompt is built by drope_jax.data.needles (the task training documents use) from
+held-out prose, starts as the model's texts do (after an EOS for a native run, as a
+document does in training; as its source tokenizer frames text for an imported model:
+drope_jax/data/framing.py) and leaves room for the answer inside the evaluated
 length; answers are decoded greedily with the KV cache and scored by exact match.
 Trials are seeded per cell, so a rerun (or another model) sees the same prompts.
 """
@@ -12,9 +14,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from drope_jax.data import framing as framing_lib
+from drope_jax.data import needles
 from drope_jax.data import tokenizers
 from drope_jax.eval import generate
-from drope_jax.data import needles
 from drope_jax.model.positional import Positional
 
 DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -22,12 +25,13 @@ DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 def make_prompts(tokenizer, haystack: needles.Haystack, *, length: int, variants: Sequence[str],
                  depths: Sequence[float], trials: int, seed: int, answer_budget: int,
-                 progress: Callable[[str], None] = print):
+                 framing: str = framing_lib.NATIVE, progress: Callable[[str], None] = print):
   """(examples, token prompts) of one length; each prompt + answer fits `length`.
 
   A variant whose needles and question alone do not fit is skipped, with a message.
   """
   count = lambda text: len(tokenizer.encode(text))
+  prefix = len(framing_lib.prompt_prefix(framing, tokenizer))
   examples, prompts = [], []
   for v, variant in enumerate(variants):
     try:
@@ -35,11 +39,11 @@ def make_prompts(tokenizer, haystack: needles.Haystack, *, length: int, variants
         for trial in range(trials):
           rng = np.random.default_rng([seed, v, length, d, trial])
           example = needles.make_example(
-              haystack, variant=variant, target_tokens=length - 1 - answer_budget,
+              haystack, variant=variant, target_tokens=length - prefix - answer_budget,
               depth=depth, rng=rng, count_tokens=count)
           examples.append(example)
-          prompts.append(np.concatenate([[tokenizer.eos_id],
-                                         tokenizer.encode_array(example.prompt)]))
+          prompts.append(framing_lib.prompt(framing, tokenizer,
+                                            tokenizer.encode_array(example.prompt)))
     except ValueError as e:  # variants and depths are valid: the length is too short.
       progress(f"  niah {variant} skipped at length {length}: {e}")
       examples = [e for e in examples if e.variant != variant]
@@ -51,6 +55,7 @@ def run(graphdef, params, *, tokenizer: tokenizers.Tokenizer, haystack: str,
         lengths: Sequence[int], variants: Sequence[str], depths: Sequence[float],
         trials: int, positional_for: Callable[[int], Positional],
         rows_for: Callable[[int], int], seed: int = 0, vocab_limit: int | None = None,
+        framing: str = framing_lib.NATIVE,
         progress: Callable[[str], None] = print) -> list[dict]:
   """Success rates as niah.aggregate gives them, for every (variant, length, depth)."""
   budget = needles.answer_budget(tokenizer, variants)
@@ -61,7 +66,8 @@ def run(graphdef, params, *, tokenizer: tokenizers.Tokenizer, haystack: str,
     started = time.perf_counter()
     examples, prompts = make_prompts(
         tokenizer, haystack, length=length, variants=variants, depths=depths,
-        trials=trials, seed=seed, answer_budget=budget, progress=progress)
+        trials=trials, seed=seed, answer_budget=budget, framing=framing,
+        progress=progress)
     if not examples:
       continue
     completions = generate.complete(

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from drope_jax.data import framing
 from drope_jax.data import pipeline
 from drope_jax.data import tasks
 from drope_jax.eval import api
@@ -74,7 +75,8 @@ def fit_and_write(run: loading.Run, multiple: float, options: api.Options,
     say(f"fitting c at length {length} on the answers of {len(documents)} {task} "
         f"documents ({kernel})")
   else:
-    windows = heldout.windows(stream, length, max(1, (len(stream) - 1) // length))
+    windows = heldout.windows(stream, length, max(1, (len(stream) - 1) // length),
+                              framing.window_prefix(run.framing, run.tokenizer()))
     say(f"fitting c at length {length} on {windows.size - len(windows)} tokens ({kernel})")
 
   def loss_at(c):

@@ -1,15 +1,17 @@
 """`python -m drope_jax.hf import|export`: Hugging Face checkpoints in and out.
 
-  python -m drope_jax.hf import --hf=DIR|FILE.gguf --workdir=W [--param_dtype=float32]
-      [--mesh=-1,1,1]
+  python -m drope_jax.hf import --hf=DIR|FILE.gguf --workdir=W [--tokenizer=DIR|FILE]
+      [--param_dtype=float32] [--mesh=-1,1,1]
   python -m drope_jax.hf export --workdir=W [--step=N] --out=DIR [--dtype=bfloat16]
       [--max_shard_gb=5]
 
 `import` writes W as a step-0 RoPE run (evaluate / generate / train
 --config.checkpoint.init_from=W work on it) and prints the command that
-recalibrates it with DroPE. `export` writes safetensors + config.json + tokenizer
-files; a NoPE (DroPE-recalibrated) model ships modeling_drope.py, loaded with
-trust_remote_code=True. Bad input: a message and exit code 2, nothing written.
+recalibrates it with DroPE; `--tokenizer` gives the tokenizer of weights that came
+without one (a directory holding tokenizer.json, or the file itself). `export`
+writes safetensors + config.json + tokenizer files; a NoPE (DroPE-recalibrated) model
+ships modeling_drope.py, loaded with trust_remote_code=True. Bad input: a message and
+exit code 2, nothing written.
 """
 
 import sys
@@ -27,6 +29,9 @@ from drope_jax.hf import importer
 _HF = flags.DEFINE_string("hf", None, "import: the Hugging Face model directory, or a "
                           "llama.cpp .gguf file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory.")
+_TOKENIZER = flags.DEFINE_string(
+    "tokenizer", None, "import: the tokenizer when --hf=DIR has none: a directory "
+    "holding tokenizer.json (and tokenizer_config.json), or a tokenizer.json file.")
 _PARAM_DTYPE = flags.DEFINE_enum("param_dtype", "float32", ["float32", "bfloat16"],
                                  "import: the run's master-weight dtype.")
 _MESH = flags.DEFINE_list("mesh", ["-1", "1", "1"],
@@ -57,14 +62,18 @@ def _import():
   except ValueError as e:
     raise convert.HFError(f"--mesh={','.join(_MESH.value)}: give three integers") from e
   if _HF.value.endswith(".gguf"):
+    if _TOKENIZER.value:
+      raise convert.HFError("a GGUF file carries its own tokenizer: --tokenizer is for "
+                            "a Hugging Face directory whose tokenizer is elsewhere")
     hf_config, tensors, files = gguf.read_gguf(_HF.value)
   else:
-    hf_config, tensors, files = importer.read_directory(_HF.value)
+    hf_config, tensors, files = importer.read_directory(_HF.value, _TOKENIZER.value)
   config = convert.import_model(hf_config, tensors, files, _WORKDIR.value,
                                 param_dtype=_PARAM_DTYPE.value, mesh_shape=mesh)
   workdir = _WORKDIR.value
   print(f"imported {hf_config['architectures'][0]} into {workdir} (step 0, context "
-        f"{config.train.seq_len}, vocab {config.model.vocab_size}).\n"
+        f"{config.train.seq_len}, vocab {config.model.vocab_size}, text framing "
+        f"{config.data.framing}).\n"
         f"  evaluate:    python -m drope_jax.evaluate --workdir={workdir}\n"
         f"  generate:    python -m drope_jax.generate --workdir={workdir} --prompt=...\n"
         f"  recalibrate: {recalibrate_command(workdir, config)}", flush=True)

@@ -8,7 +8,9 @@
   written; then each tensor is loaded once, converted, and placed straight onto its
   sharding on the mesh (host memory stays near the largest tensor).
 - tokenizer_files: file name -> bytes (tokenizer.json, tokenizer_config.json, ...),
-  copied to WORKDIR/hf/ next to config.json; `data.tokenizer` points there.
+  copied to WORKDIR/hf/ next to config.json; `data.tokenizer` points there, and
+  `data.framing` records how the source tokenizer starts a text (BOS or nothing:
+  drope_jax/hf/source_tokenizer.py), which generate and evaluate follow.
 
 safetensors checkpoints (drope_jax/hf/importer.py) and GGUF files come in through
 this one function. It writes WORKDIR/checkpoints/0 (params; fresh AdamW state; the
@@ -38,6 +40,7 @@ from drope_jax import plan as plan_lib
 from drope_jax import train_step
 from drope_jax.data import tokenizers
 from drope_jax.hf import architectures
+from drope_jax.hf import source_tokenizer
 from drope_jax.hf import tensors as tensors_lib
 from drope_jax.hf.common import HFError, LazyTensor
 
@@ -76,10 +79,11 @@ def _check_tensors(entries, tensors: Mapping[str, LazyTensor], model):
                   f"{unknown[:3]}: an architecture variant that is not supported")
 
 
-def _check_tokenizer(tokenizer_files: Mapping[str, bytes], vocab_size: int, tmp: str):
+def _check_tokenizer(tokenizer_files: Mapping[str, bytes], vocab_size: int,
+                     tmp: str) -> tokenizers.Tokenizer:
   if "tokenizer.json" not in tokenizer_files:
     raise HFError("no tokenizer.json: the importer needs the fast (tokenizers) "
-                  "tokenizer file next to config.json")
+                  "tokenizer file next to config.json, or given with --tokenizer")
   os.makedirs(tmp, exist_ok=True)
   for name, data in tokenizer_files.items():
     with open(os.path.join(tmp, name), "wb") as f:
@@ -91,6 +95,7 @@ def _check_tokenizer(tokenizer_files: Mapping[str, bytes], vocab_size: int, tmp:
   if tokenizer.vocab_size > vocab_size:
     raise HFError(f"tokenizer.json has {tokenizer.vocab_size} ids but config.json's "
                   f"vocab_size is {vocab_size}: the tokenizer is not this model's")
+  return tokenizer
 
 
 def _place(entries, tensors: Mapping[str, LazyTensor],
@@ -122,7 +127,8 @@ def import_model(hf_config: dict, tensors: Mapping[str, LazyTensor],
   entries = tensors_lib.entries(config.model)
   _check_tensors(entries, tensors, config.model)
   with tempfile.TemporaryDirectory() as tmp:
-    _check_tokenizer(tokenizer_files, config.model.vocab_size, tmp)
+    tokenizer = _check_tokenizer(tokenizer_files, config.model.vocab_size, tmp)
+  config.data.framing = source_tokenizer.framing(tokenizer_files, tokenizer.bos_id)
 
   # Every check passed: from here on, write.
   tx = optim.make_optimizer(config.train)

@@ -95,7 +95,7 @@ def export(workdir: str, out: str, *, step: int | None = None, dtype: str | None
                     os.fspath(out_dir / MODELING_FILE))
     files.append(MODELING_FILE)
   if source_dir is not None:
-    for name in importer.TOKENIZER_FILES:
+    for name in importer.SOURCE_FILES:
       if (source_dir / name).exists():
         (out_dir / name).write_bytes((source_dir / name).read_bytes())
         files.append(name)

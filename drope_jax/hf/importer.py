@@ -7,14 +7,20 @@ from etils import epath
 from drope_jax.hf import architectures
 from drope_jax.hf import convert
 from drope_jax.hf import safetensors_io
+from drope_jax.hf import source_tokenizer
 
-# Copied into WORKDIR/hf/ when present; tokenizer.json is required.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "generation_config.json")
+# Beside the weights, copied into WORKDIR/hf/ when present.
+GENERATION_CONFIG = "generation_config.json"
+# Every file of the source that WORKDIR/hf/ keeps (and `hf export` writes back).
+SOURCE_FILES = (*source_tokenizer.FILES, GENERATION_CONFIG)
 
 
-def read_directory(directory) -> tuple[dict, dict, dict]:
-  """(config.json as a dict, name -> LazyTensor, tokenizer file name -> bytes)."""
+def read_directory(directory, tokenizer: str | None = None) -> tuple[dict, dict, dict]:
+  """(config.json as a dict, name -> LazyTensor, source file name -> bytes).
+
+  The tokenizer files come from `tokenizer` (--tokenizer=DIR|FILE) when given, else
+  from the directory.
+  """
   directory = epath.Path(directory)
   if not (directory / "config.json").exists():
     raise convert.HFError(f"{directory} has no config.json: give the directory of a "
@@ -23,6 +29,8 @@ def read_directory(directory) -> tuple[dict, dict, dict]:
   # The architecture is checked first: its message beats one about missing files.
   architectures.to_model_keys(hf_config)
   tensors = safetensors_io.open_checkpoint(directory)
-  files = {name: (directory / name).read_bytes() for name in TOKENIZER_FILES
-           if (directory / name).exists()}
+  files = (source_tokenizer.from_flag(tokenizer) if tokenizer
+           else source_tokenizer.beside_weights(directory))
+  if (directory / GENERATION_CONFIG).exists():
+    files[GENERATION_CONFIG] = (directory / GENERATION_CONFIG).read_bytes()
   return hf_config, tensors, files

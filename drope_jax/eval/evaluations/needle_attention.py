@@ -30,7 +30,7 @@ class NeedleAttention:
           variants=variants, depths=depths, trials=trials,
           positional_for=lambda length, m=method: m.positional(length, run.train_len),
           rows_for=lambda length: methods.rows_for(run, length, options.batch_tokens),
-          mesh=run.mesh, seed=options.seed, progress=ctx.say)
+          mesh=run.mesh, seed=options.seed, framing=run.framing, progress=ctx.say)
       if not data["lengths"]:
         raise niah.no_prompt_fits(ctx.lengths)
       cfg = run.model_config

@@ -28,7 +28,8 @@ class Niah:
           lengths=ctx.lengths, variants=variants, depths=depths, trials=trials,
           positional_for=lambda length, m=method: m.positional(length, run.train_len),
           rows_for=lambda length: methods.rows_for(run, length, options.batch_tokens),
-          seed=options.seed, vocab_limit=tokenizer.vocab_size, progress=ctx.say)
+          seed=options.seed, vocab_limit=tokenizer.vocab_size, framing=run.framing,
+          progress=ctx.say)
       if not cells:
         raise no_prompt_fits(ctx.lengths)
       path = results.write(run, self.name, method,

@@ -1,11 +1,13 @@
 """`--evals=perplexity`: perplexity_<method>.json, perplexity against context length.
 
 Every method at every length scores the same held-out text (--eval_tokens of it), with
-the mean loss per position bucket (drope_jax/eval/perplexity.py).
+the mean loss per position bucket (drope_jax/eval/perplexity.py). Each window starts as
+the model's texts do (drope_jax/data/framing.py).
 """
 
 import time
 
+from drope_jax.data import framing
 from drope_jax.eval import api
 from drope_jax.eval import heldout
 from drope_jax.eval import methods
@@ -19,13 +21,15 @@ class Perplexity:
   def run(self, ctx: api.Context) -> None:
     run, options, stream = ctx.run, ctx.options, ctx.heldout_tokens
     edges = perplexity.bucket_edges(run.train_len, ctx.lengths[-1])
+    prefix = framing.window_prefix(run.framing, run.tokenizer())
     for method in ctx.methods:
       scores, kernels = [], []
       for length in ctx.lengths:
         kernel = methods.attention_for(run.config.model.attention, length,
                                        options.attention)
         started = time.perf_counter()
-        windows = heldout.windows(stream, length, max(1, (len(stream) - 1) // length))
+        windows = heldout.windows(stream, length, max(1, (len(stream) - 1) // length),
+                                  prefix)
         score = perplexity.evaluate(
             run.graphdef(kernel), run.params, windows,
             positional=method.positional(length, run.train_len), mesh=run.mesh,
