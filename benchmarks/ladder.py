@@ -13,8 +13,9 @@ Every DroPE run branches from the RoPE run's checkpoint at its drop step. Traini
 logs the task's accuracy at 1x every `train.eval_every` steps (the learning and
 recovery curves); `evaluate --evals=<task>` then scores fresh documents at 1x, 2x,
 4x, 8x with every method (RoPE as is, PI, NTK, YaRN, dynamic NTK; NoPE as is and with
-the softmax temperature fitted on other documents at 4x). The evaluation settings
-below are fixed before any grid runs and are the same for every run.
+the softmax temperature fitted on other documents at 4x), and benchmarks/ladder_heads.py
+measures where the heads look before and after the drop. The evaluation settings below
+are fixed before any grid runs and are the same for every run.
 """
 
 import dataclasses
@@ -45,7 +46,7 @@ SWEEP = (
     Run("sweep/recal_lr_peak", "drope", 0.875, "recalibration lr = pretraining peak",
         ("--config.drope.lr={lr}",)),
 )
-STAGES = ("train", "evaluate", "report")
+STAGES = ("train", "evaluate", "analyses", "report")
 LADDER_CONFIGS = {"cpu": "configs/ladder_cpu.py", "gpu": "configs/ladder_gpu.py"}
 
 
@@ -95,6 +96,8 @@ class TaskGrid(reproduce_lib.Grid):
     if "evaluate" in stages:
       for run in self.runs:
         self.timed("evaluate", run, lambda r=run: self.evaluate_task(r))
+    if "analyses" in stages and not os.path.exists(os.path.join(self.out, "heads.json")):
+      reproduce_lib._run("attention heads", ["-m", "benchmarks.ladder_heads", self.out])
     if "report" in stages:
       path = ladder_report.write_rung(
           self.out, rung=self.rung, task=self.task, scale=scale, steps=self.steps,

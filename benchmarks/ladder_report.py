@@ -98,6 +98,7 @@ def write_rung(out: str, *, rung: str, task: str, scale: str, steps: int, runs,
   lines += _lengths(out, accuracy)
   lines += _distance(out, accuracy)
   lines += _recovery(out, curves, drop_steps)
+  lines += _heads(out)
   lines += _temperature(out, names)
   lines += _sweep(accuracy, curves, changes, drop_steps)
   lines += _claims(accuracy, curves, drop_steps)
@@ -246,6 +247,31 @@ def _recovery(out, curves, drop_steps):
   figure.tight_layout()
   figure.savefig(os.path.join(out, "recovery.png"), dpi=120)
   return lines + ["", "![recovery after the drop](recovery.png)", ""]
+
+
+def _heads(out):
+  path = os.path.join(out, "heads.json")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    record = json.load(f)
+  layers = len(next(iter(record["states"].values()))["previous_token"])
+  lines = ["## Where the heads look (benchmarks/ladder_heads.py)", "",
+           f"On {record['documents']} fresh documents at 1x, per layer, the attention mass "
+           "of the best head on the previous token (mean over positions; causal uniform "
+           f"attention gives about {_uniform_previous(record['train_len']):.2f}) and, from "
+           "each answer's query position, on the token after the earlier occurrence (the "
+           "induction step).", "",
+           "| state | previous token, by layer | induction, by layer |", "|---|---|---|"]
+  for label, state in record["states"].items():
+    lines.append(f"| {label} | " + " ".join(f"{v:.2f}" for v in state["previous_token"])
+                 + " | " + " ".join(f"{v:.2f}" for v in state["induction"]) + " |")
+  return lines + ["", f"({layers} layers.)", "", "![heads](heads.png)", ""]
+
+
+def _uniform_previous(length: int) -> float:
+  """Mean over positions t >= 1 of 1 / (t + 1): uniform causal attention's mass on t - 1."""
+  return sum(1 / (t + 1) for t in range(1, length)) / (length - 1)
 
 
 def _temperature(out, names):
