@@ -56,10 +56,20 @@ def parse_flags(argv: list[str], config_flag: str | None = None) -> list[str]:
     # ml_collections embeds the config file's traceback: keep what it says, not where.
     fail(lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}")
   except (AttributeError, KeyError) as e:
-    key = str(e).strip("\"'")
+    key, hint = _missing_key(e)
     bad = [a.split("=")[0] for a in argv if a.startswith(f"--{config_flag}.") and key in a]
-    fail(f"{bad[0] if bad else key}: no such config key; every key and its default is "
-         "listed in drope_jax/config.py")
+    hint = f" ({hint})" if hint else ""
+    fail(f"{bad[0] if bad else key}: no such config key{hint}; every key and its default "
+         "is listed in drope_jax/config.py")
+
+
+def _missing_key(e: Exception) -> tuple[str, str]:
+  """The key and suggestion of ml_collections' KeyError("'key'\\nDid you mean ..."), which
+  may come wrapped in an AttributeError; str() of a KeyError would escape both."""
+  while e.args and isinstance(e.args[0], BaseException):
+    e = e.args[0]
+  key, _, hint = str(e.args[0] if e.args else e).partition("\n")
+  return key.strip("\"'"), hint.strip()
 
 
 def _check_config_file(argv: list[str], config_flag: str):

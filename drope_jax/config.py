@@ -209,8 +209,10 @@ def validate(config) -> None:
   if m.n_heads % m.n_kv_heads:
     raise ConfigError(f"model.n_kv_heads={m.n_kv_heads} must divide model.n_heads="
                       f"{m.n_heads} (grouped-query attention)")
-  if m.head_dim % 2:
-    raise ConfigError(f"model.head_dim={m.head_dim} must be even (RoPE rotates pairs)")
+  if m.head_dim % 2 and m.pos_emb in ("rope", "drope"):
+    raise ConfigError(f"model.head_dim={m.head_dim} must be even with model.pos_emb="
+                      f"{m.pos_emb} (RoPE rotates pairs of dimensions); use an even "
+                      "head_dim or model.pos_emb=nope")
   if m.rope_scaling != "none" and (m.rope_scaling_factor < 1 or (
       m.rope_scaling != "linear" and m.rope_original_max_len <= 0)):
     raise ConfigError(f"model.rope_scaling={m.rope_scaling} needs model.rope_scaling_factor"

@@ -13,6 +13,7 @@ architecture or phase split is refused. Without one, `checkpoint.init_from` star
 from another run's weights. SIGTERM saves at the end of the step and exits 0.
 """
 
+import contextlib
 import signal
 import time
 
@@ -404,16 +405,21 @@ class Trainer:
       if self._started is not None:
         self._report_first_step(step_metrics)
       extra = {}
-      if itstime(step + 1, cfg.train.eval_every, steps):
-        extra.update(self._evaluate(state, eval_step, predict_fn))
       pending.append((step, step_metrics, extra))
+      # The previous step is read while this one runs: its time ends the window there.
+      self._flush(pending, phase, throughput, keep=1)
+      if itstime(step + 1, cfg.train.eval_every, steps):
+        jax.block_until_ready(step_metrics)  # the step's own time stays in its window.
+        with throughput.paused():
+          extra.update(self._evaluate(state, eval_step, predict_fn))
       preempted = preemption.reached(step + 1)
       save = preempted or itstime(step + 1, cfg.checkpoint.every_steps, steps)
       # Before a save this step is logged (and checked) too: a checkpoint never follows
       # an unseen NaN, and metrics.jsonl covers every step the checkpoint holds.
-      self._flush(pending, phase, throughput, keep=0 if save else 1)
       if save:
-        self._save(state, data_iter)
+        self._flush(pending, phase, throughput, keep=0)
+        with throughput.paused():
+          self._save(state, data_iter)
       if preempted:
         self.ckpt.wait()
         self.writer.info(f"preempted: saved step {step + 1}; exiting cleanly")
@@ -484,3 +490,12 @@ class _Throughput:
 
   def reset(self):
     self._since, self._tokens = time.perf_counter(), 0
+
+  @contextlib.contextmanager
+  def paused(self):
+    """Evaluation and saving are not training: their time is left out of the window."""
+    start = time.perf_counter()
+    try:
+      yield
+    finally:
+      self._since += time.perf_counter() - start

@@ -70,6 +70,9 @@ CASES = {
     "compile: unknown slice": ("compile", [TINY, "--topology=v9x-8"],
                                "unknown TPU generation"),
     "flag parse error": ("evaluate", ["--niah_trials=many"], "--niah_trials"),
+    "misspelt config key": ("train", [TINY, "--config.train.stepz=3"],
+                            '--config.train.stepz: no such config key (Did you mean '
+                            '"steps" instead of "stepz"?)'),
 }
 _OUTPUT_FLAG = {"train": "--workdir", "data.prepare": "--output",
                 "data.train_tokenizer": "--output", "evaluate": "--workdir",

@@ -144,3 +144,26 @@ def test_a_resume_the_checkpoint_cannot_continue_is_refused_untouched(
   assert result.returncode == 2, result.stderr[-3000:]
   assert message in result.stderr and "Traceback" not in result.stderr
   assert {str(p): p.stat().st_size for p in workdir.rglob("*")} == before
+
+
+def test_an_odd_head_dim_trains_without_rope_and_is_refused_with_it(tmp_path):
+  odd = ["--config.model.head_dim=33", "--config.train.steps=1",
+         "--config.train.warmup_steps=0"]
+  train(tmp_path / "nope", *odd, "--config.model.pos_emb=nope")
+  assert read_metrics(tmp_path / "nope")[0]["loss"] > 0
+  result = train(tmp_path / "rope", *odd, "--config.model.pos_emb=rope", check=False)
+  assert result.returncode == 2 and "Traceback" not in result.stderr
+  assert "model.head_dim=33 must be even with model.pos_emb=rope" in result.stderr
+  assert not (tmp_path / "rope" / "checkpoints").exists()
+
+
+def test_every_step_of_a_resumed_run_reports_a_possible_mfu(tmp_path):
+  # An evaluation (or save) that finished a step before its window opened left the
+  # step's time out: the last step reported mfu 30-50.
+  short = ["--config.model.pos_emb=rope", "--config.train.warmup_steps=0",
+           "--config.train.log_every=1"]
+  train(tmp_path, *short, "--config.train.steps=2")
+  train(tmp_path, *short, "--config.train.steps=4")
+  records = read_metrics(tmp_path)
+  assert sorted(records) == [0, 1, 2, 3]
+  assert all(0 < r["mfu"] < 1 for r in records.values()), records
