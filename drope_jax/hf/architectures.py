@@ -8,6 +8,8 @@ RoPE); they differ in a few switches:
   Qwen3ForCausalLM    per-head RMSNorm of q and k (model.qk_norm=head_qk)
 """
 
+import json
+
 from drope_jax.hf.common import HFError
 
 SUPPORTED = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
@@ -20,8 +22,47 @@ _ROPE_TYPES = {"default": "none", "linear": "linear", "dynamic": "dynamic",
 _YARN_DEFAULTS = {"beta_fast": 32.0, "beta_slow": 1.0}
 
 
+# config.json fields the conversion reads: the JSON types each may hold. Required ones
+# must be present; the others may be absent or null.
+_INT, _NUMBER, _BOOL = (int,), (int, float), (bool,)
+_REQUIRED_FIELDS = {"vocab_size": _INT, "hidden_size": _INT, "num_hidden_layers": _INT,
+                    "num_attention_heads": _INT, "intermediate_size": _INT,
+                    "max_position_embeddings": _INT}
+_OPTIONAL_FIELDS = {"num_key_value_heads": _INT, "head_dim": _INT, "rope_theta": _NUMBER,
+                    "rms_norm_eps": _NUMBER, "tie_word_embeddings": _BOOL,
+                    "attention_bias": _BOOL, "mlp_bias": _BOOL, "hidden_act": (str,),
+                    "sliding_window": _INT, "use_sliding_window": _BOOL,
+                    "rope_scaling": (dict,), "rope_parameters": (dict,)}
+_TYPE_NAMES = {_INT: "an integer", _NUMBER: "a number", _BOOL: "true or false",
+               (str,): "a string", (dict,): "an object"}
+
+
 def _fail(message: str):
   raise HFError(message)
+
+
+def _field_problem(hf_config: dict, name: str, types: tuple, required: bool) -> str | None:
+  if hf_config.get(name) is None:
+    return f'"{name}" is missing' if required else None
+  value = hf_config[name]
+  # JSON true is a Python bool, itself an int: a flag is no size.
+  if isinstance(value, bool) != (types == _BOOL) or not isinstance(value, types):
+    return f'"{name}": {json.dumps(value)} is not {_TYPE_NAMES[types]}'
+  if types == _INT and name in _REQUIRED_FIELDS and value <= 0:
+    return f'"{name}": {value} is not positive'
+  return None
+
+
+def check_fields(hf_config: dict):
+  """Every field the conversion reads is present (where required) and of its type;
+  one HFError names each problem."""
+  problems = [p for fields, required in ((_REQUIRED_FIELDS, True),
+                                         (_OPTIONAL_FIELDS, False))
+              for name, types in fields.items()
+              if (p := _field_problem(hf_config, name, types, required))]
+  if problems:
+    _fail(f"config.json: {'; '.join(problems)}: fix these fields (a Hugging Face "
+          "config.json of the model's architecture has them all)")
 
 
 def rope_parameters(hf_config: dict) -> dict:
@@ -48,6 +89,7 @@ def to_model_keys(hf_config: dict) -> tuple[dict, int]:
   Raises HFError for settings this framework does not run.
   """
   arch = architecture(hf_config)
+  check_fields(hf_config)
   c = hf_config
   if c.get("hidden_act", "silu") != "silu":
     _fail(f"hidden_act={c['hidden_act']!r}: only SwiGLU (silu) MLPs are supported")

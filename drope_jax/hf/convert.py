@@ -102,10 +102,22 @@ def _place(entries, tensors: Mapping[str, LazyTensor],
            target: jax.ShapeDtypeStruct) -> jax.Array:
   """Loads the HF tensors of one parameter (one per layer when it is stacked) and puts
   our layout of them on `target`'s sharding."""
-  values = [e.to_ours(tensors[e.hf].load()).astype(target.dtype) for e in entries]
+  values = [_finite(e.hf, e.to_ours(tensors[e.hf].load()).astype(target.dtype))
+            for e in entries]
   value = values[0] if entries[0].layer is None else np.stack(values)
   return jax.make_array_from_callback(target.shape, target.sharding,
                                       lambda index: value[index])
+
+
+def _finite(name: str, value: np.ndarray) -> np.ndarray:
+  """Checked as each tensor is read, before anything is written: NaN or inf weights
+  would import, then generate nothing."""
+  finite = np.isfinite(value)
+  if not finite.all():
+    raise HFError(f"tensor {name} holds {finite.size - np.count_nonzero(finite)} "
+                  f"non-finite values (NaN or inf) of {finite.size}: the checkpoint is "
+                  "damaged; download or convert it again")
+  return value
 
 
 def import_model(hf_config: dict, tensors: Mapping[str, LazyTensor],

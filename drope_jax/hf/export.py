@@ -17,6 +17,8 @@ import numpy as np
 from etils import epath
 
 from drope_jax import checkpoint
+from drope_jax import config as config_lib
+from drope_jax import directories
 from drope_jax.eval import loading
 from drope_jax.hf import architectures
 from drope_jax.hf import convert
@@ -62,6 +64,10 @@ def export(workdir: str, out: str, *, step: int | None = None, dtype: str | None
            max_shard_bytes: int = 5 * 2**30) -> list[str]:
   """Writes the checkpoint at `step` (default: latest) of `workdir` into `out`."""
   out_dir = epath.Path(out)
+  try:
+    directories.check_writable(out, f"--out={out}")
+  except config_lib.ConfigError as e:
+    raise convert.HFError(str(e)) from e
   if out_dir.exists() and any(out_dir.iterdir()):
     raise convert.HFError(f"--out={out} is not empty: export into a new directory")
   run = loading.load_run(workdir, step)

@@ -25,7 +25,7 @@ def read_directory(directory, tokenizer: str | None = None) -> tuple[dict, dict,
   if not (directory / "config.json").exists():
     raise convert.HFError(f"{directory} has no config.json: give the directory of a "
                           "Hugging Face model (config.json, *.safetensors, tokenizer.json)")
-  hf_config = json.loads((directory / "config.json").read_text())
+  hf_config = _read_config(directory / "config.json")
   # The architecture is checked first: its message beats one about missing files.
   architectures.to_model_keys(hf_config)
   tensors = safetensors_io.open_checkpoint(directory)
@@ -34,3 +34,15 @@ def read_directory(directory, tokenizer: str | None = None) -> tuple[dict, dict,
   if (directory / GENERATION_CONFIG).exists():
     files[GENERATION_CONFIG] = (directory / GENERATION_CONFIG).read_bytes()
   return hf_config, tensors, files
+
+
+def _read_config(path: epath.Path) -> dict:
+  try:
+    hf_config = json.loads(path.read_text())
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise convert.HFError(f"{path} is not valid JSON ({e}): give the model's own "
+                          "config.json") from e
+  if not isinstance(hf_config, dict):
+    raise convert.HFError(f"{path} does not hold a JSON object: give the model's own "
+                          "config.json")
+  return hf_config
