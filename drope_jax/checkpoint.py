@@ -15,6 +15,7 @@ and a restored state must match them: otherwise it did not restore.
 import os
 import pathlib
 import subprocess
+import sys
 import time
 from typing import Any, Callable, Sequence
 
@@ -57,6 +58,44 @@ def check_layout(meta: dict, where: str) -> None:
 
 class CorruptCheckpointError(RestoreError):
   """A checkpoint's arrays read back differently from what was saved."""
+
+
+class IncompleteCheckpointError(RestoreError):
+  """A step directory without every part a finished save writes (message: the parts)."""
+
+
+# What every finished save holds (the data iterator is optional: an import has none).
+_COMPLETE_PARTS = ("_CHECKPOINT_METADATA", f"{META}/metadata", f"{STATE}/_METADATA",
+                   f"{STATE}/manifest.ocdbt")
+
+
+def _why(error: Exception | None) -> str:
+  """One line saying why a checkpoint did not restore."""
+  if error is None:
+    return "did not restore on another host"
+  if isinstance(error, IncompleteCheckpointError):
+    return f"is incomplete (a save that did not finish: no {error})"
+  first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+  first = first.split(" See full TensorStore details")[0]  # a bound method's repr.
+  first = first if len(first) <= 160 else first[:157] + "..."
+  return f"is unreadable ({type(error).__name__}: {first})"
+
+
+def _drop_closed_loop_noise():
+  """A failed restore leaves tensorstore reads in flight; as they finish, their
+  callbacks find orbax's event loop closed and each prints an `Event loop is closed`
+  traceback (an unraisable exception). Only those are dropped, for the process."""
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_closed_loop_noise", False):
+    return
+
+  def hook(unraisable):
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+      previous(unraisable)
+
+  hook.drops_closed_loop_noise = True
+  sys.unraisablehook = hook
 
 
 def code_version() -> str:
@@ -198,13 +237,14 @@ class Checkpointer:
     restores, nothing is moved and RestoreError is raised: the cause is then more
     likely the code or the config than the files.
     """
-    failed = []
+    failed = {}  # step -> why it did not restore.
     for step in reversed(self.steps()):
-      meta, error = None, None
-      try:
-        meta = self.read_meta(step)
-      except Exception as e:  # pylint: disable=broad-except
-        error = e
+      meta, error = None, self._incompleteness(step)
+      if error is None:
+        try:
+          meta = self.read_meta(step)
+        except Exception as e:  # pylint: disable=broad-except
+          error = e
       if _all_agree(error is None):
         check_layout(meta, f"{self.directory}/{step}")
         if check_meta is not None:
@@ -215,35 +255,42 @@ class Checkpointer:
         except Exception as e:  # pylint: disable=broad-except
           error = e
         if _all_agree(error is None):
-          for bad in failed:
-            self._quarantine(bad)
+          for bad, why in failed.items():
+            aside = self._quarantine(bad)
+            logging.warning("checkpoint %s/%d %s: moved it to %s; resuming from step %d",
+                            self.directory, bad, why, aside.name, step)
           return step, state, meta
-      reason = f"{type(error).__name__}: {error}" if error else "failed on another host"
-      logging.warning("checkpoint %s/%d could not be restored (%s); trying the "
-                      "previous one", self.directory, step, reason)
-      failed.append(step)
+      failed[step] = _why(error)
+      _drop_closed_loop_noise()
     if failed:
+      reasons = "; ".join(f"{step} {why}" for step, why in sorted(failed.items()))
       raise RestoreError(
-          f"no checkpoint in {self.directory} restores (steps {sorted(failed)}; the "
-          "warnings above say why); nothing was moved. If the code or the config "
-          "changed since they were written, run the matching version, or start in a "
-          "new workdir")
+          f"no checkpoint in {self.directory} restores ({reasons}); nothing was moved. "
+          "If the code or the config changed since they were written, run the matching "
+          "version, or start in a new workdir")
     return None, None, None
 
-  def _quarantine(self, step: int):
+  def _incompleteness(self, step: int) -> "IncompleteCheckpointError | None":
+    """What a save that never finished leaves out, found before reading (a restore
+    that fails midway is slow and noisy)."""
+    step_dir = self.directory / str(step)
+    missing = [part for part in _COMPLETE_PARTS if not (step_dir / part).exists()]
+    return IncompleteCheckpointError(", ".join(missing)) if missing else None
+
+  def _quarantine(self, step: int) -> epath.Path:
     """Moves a checkpoint that did not restore to `<step>.corrupt`, keeping its files:
     it must neither vanish without a trace nor block that step from being saved again.
+    Returns where it went.
     """
     aside = self.directory / f"{step}.corrupt"
     if aside.exists():
       aside = self.directory / f"{step}.corrupt-{int(time.time())}"
-    logging.warning("moving the unreadable checkpoint %s/%d to %s", self.directory,
-                    step, aside)
     if jax.process_index() == 0:
       (self.directory / str(step)).rename(aside)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"drope_quarantine_{step}")
     self.manager.reload()
+    return aside
 
   def restore_parts(self, step: int, abstract_state, parts: Sequence[str]) -> dict:
     """Restores the top-level `parts` ('params', 'opt_state') of a saved state.

@@ -147,6 +147,7 @@ class Trainer:
     """`started`: when the process started (time.time()), for the restart-to-first-step
     line; default: now."""
     self._started = time.time() if started is None else started  # None once reported.
+    self._resume_changes = []  # config keys changed since the checkpoint resumed from.
     # Everything a run can be refused for is checked before anything is written.
     config_lib.validate(config)
     _check_data(config)
@@ -201,6 +202,8 @@ class Trainer:
         lambda step: self.built[self.plan.of_checkpoint(step)].abstract_state, data_iter,
         check_meta=self._check_resume)
     if state is not None:
+      if self._resume_changes:  # of the checkpoint used (others may have been tried).
+        logging.warning("resuming with config changes: %s", "; ".join(self._resume_changes))
       self.writer.info(f"resumed from {self.ckpt.directory}/{step} "
                        f"(phase {meta['phase']}, {meta['tokens_seen']} tokens seen)")
       return state
@@ -210,7 +213,7 @@ class Trainer:
     return state
 
   def _check_resume(self, step: int, meta: dict):
-    """Refuses a checkpoint this config cannot continue; warns about changed keys."""
+    """Refuses a checkpoint this config cannot continue; notes the changed keys."""
     saved = meta["config"]
     if step > self.config.train.steps:
       raise config_lib.ConfigError(
@@ -244,9 +247,7 @@ class Trainer:
           f"drope.drop_at_step={self.config.drope.drop_at_step}, drope.qk_norm="
           f"{self.config.drope.qk_norm}). Resume with the run's own model.pos_emb and "
           "drope keys")
-    changed = _changed_keys(saved, self.config.to_dict())
-    if changed:
-      logging.warning("resuming with config changes: %s", "; ".join(changed))
+    self._resume_changes = _changed_keys(saved, self.config.to_dict())
 
   def _init_from(self, state):
     """Starts from another run's checkpoint: its params (and optimizer state if asked).

@@ -205,7 +205,7 @@ def test_gs_workdir_killed_and_its_latest_checkpoint_corrupted_still_resumes(
       blob.write_bytes(b"corrupt")
 
     _, output = runs.run()
-    assert f"/{latest} could not be restored" in output, output[-3000:]
+    assert f"/{latest} is unreadable" in output, output[-3000:]
     assert _resumed_from(output) == latest - 4, output[-3000:]
     assert (checkpoints / f"{latest}.corrupt").exists()
     _assert_same_state(_state(checkpoints, STEPS), reference_state)

@@ -114,7 +114,8 @@ def test_a_corrupt_latest_checkpoint_is_skipped_with_a_warning_and_moved_aside(
   step, restored, meta = ckpt.restore_latest(built.abstract_state)
   assert step == 2 and meta == {"step": 2, checkpoint.LAYOUT: checkpoint.STACKED}
   _assert_equal(restored, states[2])
-  assert any("/3 could not be restored" in w for w in warnings), warnings
+  assert len(warnings) == 1 and "/3 is unreadable" in warnings[0], warnings
+  assert "moved it to 3.corrupt; resuming from step 2" in warnings[0], warnings
   assert (directory / "3.corrupt" / "state").is_dir()
   assert ckpt.steps() == [1, 2]
   # The run goes on and saves step 3 again.
@@ -187,7 +188,7 @@ def test_random_bytes_in_a_data_file_are_caught_and_the_previous_checkpoint_used
   step, restored, _ = _checkpointer(directory).restore_latest(built.abstract_state)
   assert step == 2
   _assert_equal(restored, states[2])
-  assert any("/3 could not be restored (CorruptCheckpointError" in w
+  assert any("/3 is unreadable (CorruptCheckpointError" in w
              for w in warnings), warnings
   assert (directory / "3.corrupt").is_dir()
 

@@ -3,6 +3,8 @@
 import json
 import os
 import pathlib
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -167,3 +169,48 @@ def test_every_step_of_a_resumed_run_reports_a_possible_mfu(tmp_path):
   records = read_metrics(tmp_path)
   assert sorted(records) == [0, 1, 2, 3]
   assert all(0 < r["mfu"] < 1 for r in records.values()), records
+
+
+
+def _truncate_a_data_file(checkpoints):
+  data = max((checkpoints / "24" / "state" / "ocdbt.process_0" / "d").iterdir(),
+             key=lambda f: f.stat().st_size)
+  data.write_bytes(data.read_bytes()[:1000])
+
+
+def _half_written(step, parts):
+  """Damage: a step directory holding only `parts` of the finished step 24."""
+  def damage(checkpoints):
+    source = checkpoints.parent / "finished_24"
+    shutil.copytree(checkpoints / "24", source)
+    if step == 24:
+      shutil.rmtree(checkpoints / "24")
+    for part in parts:
+      (checkpoints / str(step) / part).parent.mkdir(parents=True, exist_ok=True)
+      copy = shutil.copytree if (source / part).is_dir() else shutil.copyfile
+      copy(source / part, checkpoints / str(step) / part)
+  return damage
+
+
+@pytest.mark.parametrize("damage, step, what, resumes_from", [
+    (_truncate_a_data_file, 24, "is unreadable", 16),
+    # Past train.steps: found incomplete before its step is compared with the config.
+    (_half_written(32, ["_CHECKPOINT_METADATA", "meta", "state/_METADATA"]), 32,
+     "is incomplete (a save that did not finish: no state/manifest.ocdbt)", 24),
+    # Complete-looking but without the arrays: a restore that fails inside orbax.
+    (_half_written(24, ["_CHECKPOINT_METADATA", "meta", "data_iter", "state/_METADATA",
+                        "state/manifest.ocdbt"]), 24, "is unreadable", 16),
+])
+def test_a_recovery_is_one_warning_line(finished_run, tmp_path, damage, step, what,
+                                        resumes_from):
+  workdir = tmp_path / "run"
+  shutil.copytree(finished_run[0], workdir)
+  damage(workdir / "checkpoints")
+  result = train(workdir)
+  assert "Traceback" not in result.stderr and "Event loop" not in result.stderr, (
+      result.stderr[-3000:])
+  warnings = [line for line in result.stderr.splitlines() if re.match(r"W\d{4} ", line)]
+  assert len(warnings) == 1, result.stderr[-3000:]
+  assert f"checkpoints/{step} {what}" in warnings[0], warnings
+  assert f"moved it to {step}.corrupt; resuming from step {resumes_from}" in warnings[0]
+  assert (workdir / "checkpoints" / f"{step}.corrupt").is_dir()
