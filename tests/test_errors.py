@@ -62,6 +62,10 @@ CASES = {
         "train", [TINY, "--config.compilation_cache_dir={files}/a_file/cache"],
         "a_file is a file, not a directory"),
     "prepare: no input": ("data.prepare", ["--input={files}/none/*.txt"], "no files match"),
+    # Refused after its first shard was written: the output goes too.
+    "prepare: every document held out": (
+        "data.prepare", ["--input={files}/corpus.txt", "--eval_fraction=0.99"],
+        "went to the eval split"),
     "train_tokenizer: no input": ("data.train_tokenizer", ["--input={files}/none.txt"],
                                   "no files match"),
     "evaluate: not a run": ("evaluate", [], "has no checkpoints/ directory"),

@@ -56,10 +56,26 @@ class _Progress:
           file=sys.stderr, flush=True)
 
 
-def prepare(*, input_patterns: str, output: str, tokenizer_spec: str,
-            text_field: str = "text", workers: int = 1,
-            docs_per_shard: int = 1024, eval_fraction: float = 0.05) -> dict:
-  """Writes the shards and manifest; returns the manifest."""
+def prepare(*, output: str, **settings) -> dict:
+  """Writes the shards and manifest (settings: those of _prepare); returns the manifest.
+
+  Input refused midway removes the output this call created: the same command would
+  otherwise meet half an output, and training on it would advise the same command.
+  An interrupted call keeps its shards: the same command resumes.
+  """
+  out = epath.Path(output)
+  created_here = not out.exists()
+  try:
+    return _prepare(output=output, **settings)
+  except sources.InputError:
+    if created_here and out.exists():
+      out.rmtree()
+    raise
+
+
+def _prepare(*, input_patterns: str, output: str, tokenizer_spec: str,
+             text_field: str = "text", workers: int = 1,
+             docs_per_shard: int = 1024, eval_fraction: float = 0.05) -> dict:
   tokenizer = tokenizers.get_tokenizer(tokenizer_spec)
   paths = sources.expand_paths(input_patterns)
   out = epath.Path(output)
