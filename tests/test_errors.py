@@ -23,6 +23,7 @@ def files(tmp_path_factory):
   (root / "no_get_config.py").write_text("CONFIG = {}\n")
   (root / "tokenizer.json").write_text("{not json")
   (root / "a_file").write_text("")
+  (root / "truncated.parquet").write_bytes(b"PAR1")
   (root / "corpus.txt").write_text("def f():\n  return 1\n" * 50)
   for name, edit in (("other_tokenizer", _tokenized_by_another),
                      ("no_train_docs", _without_training_documents)):
@@ -62,6 +63,8 @@ CASES = {
         "train", [TINY, "--config.compilation_cache_dir={files}/a_file/cache"],
         "a_file is a file, not a directory"),
     "prepare: no input": ("data.prepare", ["--input={files}/none/*.txt"], "no files match"),
+    "prepare: truncated parquet": ("data.prepare", ["--input={files}/truncated.parquet"],
+                                   "truncated.parquet is not a readable Parquet file"),
     # Refused after its first shard was written: the output goes too.
     "prepare: every document held out": (
         "data.prepare", ["--input={files}/corpus.txt", "--eval_fraction=0.99"],

@@ -187,9 +187,14 @@ def _without_surrogates(text: str, stats: ReadStats) -> str:
 
 
 def _read_parquet(path: str, text_field: str, stats: ReadStats) -> Iterator[str]:
+  import pyarrow  # pylint: disable=g-import-not-at-top
   import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
   with epath.Path(path).open("rb") as f:
-    parquet = pq.ParquetFile(io.BytesIO(f.read()))
+    try:
+      parquet = pq.ParquetFile(io.BytesIO(f.read()))
+    except pyarrow.ArrowException as e:
+      raise InputError(f"{path} is not a readable Parquet file ({e}): give a complete "
+                       ".parquet file, or leave it out of --input") from e
   if text_field not in parquet.schema_arrow.names:
     raise InputError(
         f"{path}: no column {text_field!r} (columns: "
