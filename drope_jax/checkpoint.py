@@ -237,6 +237,7 @@ class Checkpointer:
     restores, nothing is moved and RestoreError is raised: the cause is then more
     likely the code or the config than the files.
     """
+    _drop_closed_loop_noise()  # before a restore can fail: its noise comes at once.
     failed = {}  # step -> why it did not restore.
     for step in reversed(self.steps()):
       meta, error = None, self._incompleteness(step)
@@ -261,7 +262,6 @@ class Checkpointer:
                             self.directory, bad, why, aside.name, step)
           return step, state, meta
       failed[step] = _why(error)
-      _drop_closed_loop_noise()
     if failed:
       reasons = "; ".join(f"{step} {why}" for step, why in sorted(failed.items()))
       raise RestoreError(
