@@ -375,7 +375,7 @@ def _claims(accuracy, curves, drop_steps):
 def _timing(timings):
   if not timings:
     return []
-  lines = ["## Time (this machine; stages skipped on a rerun count as 0)", ""]
+  lines = ["## Time (minutes on this machine, from DIR/timings.json)", ""]
   for stage, by_run in timings.items():
     lines.append(f"- {stage}: {sum(by_run.values()) / 60:.1f} min ("
                  + ", ".join(f"{n} {s / 60:.1f}" for n, s in by_run.items()) + ")")
