@@ -20,6 +20,7 @@ are fixed before any grid runs and are the same for every run.
 
 import dataclasses
 import importlib.util
+import json
 import math
 import os
 import time
@@ -87,7 +88,7 @@ class TaskGrid(reproduce_lib.Grid):
     self.lr = config.train.lr
     self.runs = tuple(r for r in reproduce_lib.RUNS + SWEEP if not runs or r.name in runs)
     self.eval_docs = eval_docs
-    self.timings = {}
+    self.timings = _read_json(self._timings_path)
 
   def run(self, stages, scale):
     if "train" in stages:
@@ -109,10 +110,18 @@ class TaskGrid(reproduce_lib.Grid):
           timings=self.timings)
       print(f"[ladder] wrote {path}", flush=True)
 
+  @property
+  def _timings_path(self) -> str:
+    return os.path.join(self.out, "timings.json")
+
   def timed(self, stage, run, work):
+    """Runs `work`; its minutes go to DIR/timings.json unless it was done before."""
     started = time.time()
     work()
-    self.timings.setdefault(stage, {})[run.name] = time.time() - started
+    if time.time() - started > 1:  # a stage found done takes no time.
+      self.timings.setdefault(stage, {})[run.name] = time.time() - started
+      with open(self._timings_path, "w") as f:
+        json.dump(self.timings, f, indent=1)
 
   def drop_steps(self) -> dict:
     return {r.name: self.drop_step(r) for r in self.runs if r.drop_fraction}
@@ -149,6 +158,13 @@ class TaskGrid(reproduce_lib.Grid):
         *(["--methods=none"] if sweep else [])])
     with open(done, "w") as f:
       f.write("ok\n")
+
+
+def _read_json(path: str) -> dict:
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
 
 
 def _task_names():

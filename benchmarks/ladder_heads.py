@@ -77,8 +77,9 @@ def plot(record: dict, path: str):
                               ("previous-token head", "induction head")):
     for label, state in record["states"].items():
       axes.plot(range(len(state[key])), state[key], marker="o", label=label)
+    layers = len(next(iter(record["states"].values()))[key])
     axes.set(title=f"best {title}'s mass, by layer", xlabel="layer",
-             ylabel="attention mass", ylim=(-0.02, 1.02))
+             ylabel="attention mass", ylim=(-0.02, 1.02), xticks=range(layers))
     axes.grid(alpha=0.3)
   figure.axes[0].legend(fontsize=7)
   figure.tight_layout()

@@ -150,8 +150,10 @@ def _learning(out, curves, drop_steps):
     points = curves.get(name)
     if points:
       reached = steps_to(points, TARGET)
-      lines.append(f"| {RUN_NAMES[name]} | {reached if reached else 'not reached'} | "
-                   f"{_pct(points[-1][1])} |")
+      # A DroPE run is the RoPE run up to its drop: its own curve is the recovery's.
+      steps = ("see the recovery" if name in drop_steps else
+               reached if reached else "not reached")
+      lines.append(f"| {RUN_NAMES[name]} | {steps} | {_pct(points[-1][1])} |")
   return lines + ["", "![learning curves](learning_curves.png)", ""]
 
 
@@ -311,8 +313,17 @@ def rope_best(rope: dict, multiple: int) -> tuple[str | None, float | None]:
 
 
 def claims(accuracy, curves, drop_steps) -> list[tuple[str, bool | None, str]]:
-  """(claim, holds, numbers): each claim of the issue on this rung."""
-  rope, drope, nope = (accuracy.get(n, {}) for n in ("rope", "drope", "nope"))
+  """(claim, holds, numbers): each claim of the issue on this rung, for DroPE at 87.5%
+  (the paper's drop point), then the DroPE claims again for the drop at 50%."""
+  out = _claims_for(accuracy, curves, "drope", "DroPE (12.5% recalibration)")
+  if accuracy.get("drope_half"):
+    half = "DroPE dropped at 50%"
+    out += [c for c in _claims_for(accuracy, curves, "drope_half", half) if half in c[0]]
+  return out
+
+
+def _claims_for(accuracy, curves, drope_run, drope_name):
+  rope, drope, nope = (accuracy.get(n, {}) for n in ("rope", drope_run, "nope"))
   out = []
   r90, n90 = (steps_to(curves.get(n, []), TARGET) for n in ("rope", "nope"))
   if curves.get("rope"):
@@ -331,17 +342,17 @@ def claims(accuracy, curves, drop_steps) -> list[tuple[str, bool | None, str]]:
                 f"{METHOD_NAMES.get(best[1][0], best[1][0])} {_pct(best[1][1])} at 4x"))
   d = {m: accuracy_at(drope.get("nope"), m) for m in MULTIPLES}
   if r1 is not None and d[1] is not None:
-    out.append(("DroPE (12.5% recalibration) within 2 points of RoPE at 1x",
+    out.append((f"{drope_name} within 2 points of RoPE at 1x",
                 d[1] >= r1 - 0.02, f"{_pct(d[1])} vs {_pct(r1)}"))
     beats = [(m, d[m], rope_best(rope, m)) for m in (2, 4)]
-    out.append(("DroPE above every RoPE method at 2x and 4x",
+    out.append((f"{drope_name} above every RoPE method at 2x and 4x",
                 all(v is not None and b[1] is not None and v > b[1] for _, v, b in beats),
-                "; ".join(f"{m}x DroPE {_pct(v)} vs best RoPE {_pct(b[1])} "
+                "; ".join(f"{m}x {_pct(v)} vs best RoPE {_pct(b[1])} "
                           f"({METHOD_NAMES.get(b[0], b[0])})" for m, v, b in beats)))
   if "temperature" in drope:
     t = {m: accuracy_at(drope["temperature"], m) for m in (4, 8)}
     c = drope["temperature"].get("temperature_c")
-    out.append(("A fitted temperature c > 0 helps DroPE at 4x and 8x",
+    out.append((f"A fitted temperature c > 0 helps {drope_name} at 4x and 8x",
                 c is not None and c > 0 and all(t[m] is not None and d[m] is not None
                                                 and t[m] > d[m] for m in (4, 8)),
                 f"c = {c if c is None else round(c, 3)}; 4x {_pct(d[4])} -> {_pct(t[4])}, "
@@ -364,7 +375,7 @@ def _claims(accuracy, curves, drop_steps):
 def _timing(timings):
   if not timings:
     return []
-  lines = ["## Time (this machine; stages skipped on a rerun count as 0)", ""]
+  lines = ["## Time (minutes on this machine, from DIR/timings.json)", ""]
   for stage, by_run in timings.items():
     lines.append(f"- {stage}: {sum(by_run.values()) / 60:.1f} min ("
                  + ", ".join(f"{n} {s / 60:.1f}" for n, s in by_run.items()) + ")")

@@ -48,6 +48,15 @@ def test_a_short_rung_grid_writes_its_report(tmp_path):
   for section in ("## Learning at 1x", "## Accuracy by length", "## Recovery after the drop",
                   "## The paper's claims on this rung"):
     assert section in report
+  # Where the heads look: RoPE, its weights with RoPE dropped, the recalibrated DroPE.
+  with open(out / "heads.json") as f:
+    states = json.load(f)["states"]
+  assert list(states) == ["RoPE", "RoPE weights, RoPE dropped",
+                          "DroPE (87.5%), recalibrated"]
+  for state in states.values():
+    assert len(state["previous_token"]) == len(state["induction"]) == 4  # layers.
+    assert all(0 <= v <= 1 for v in state["previous_token"] + state["induction"])
+  assert "## Where the heads look" in report
   for png in ("learning_curves.png", "accuracy_vs_length.png", "recovery.png",
-              "accuracy_by_distance.png"):
+              "accuracy_by_distance.png", "heads.png"):
     assert (out / png).stat().st_size > 0
