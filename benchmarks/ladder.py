@@ -97,6 +97,10 @@ class TaskGrid(reproduce_lib.Grid):
     if "evaluate" in stages:
       for run in self.runs:
         self.timed("evaluate", run, lambda r=run: self.evaluate_task(r))
+    if not self.finished(reproduce_lib.RUNS[0]):
+      print(f"[ladder] {self.rung}: no finished RoPE run to analyse or report; train it "
+            "first (--stages=train,evaluate)", flush=True)
+      return
     if "analyses" in stages and not os.path.exists(os.path.join(self.out, "heads.json")):
       reproduce_lib._run("attention heads", ["-m", "benchmarks.ladder_heads", self.out])
     if "report" in stages:

@@ -386,15 +386,19 @@ def _timing(timings):
 
 
 def write_ladder(out: str, rungs: list[str], *, scale: str, minutes: float) -> str:
+  del minutes  # each rung's own timings.json says what its grid cost.
   lines = [f"# The synthetic ladder ({scale} scale)", "",
-           f"{len(rungs)} rungs in {minutes:.0f} min (this run of the command; rungs "
-           "already done count as 0). Each rung's report: `<rung>/report.md`.", "",
+           "Each rung's report: `<rung>/report.md`. Minutes: training and evaluation of "
+           "the rung's grid on this machine (DIR/<rung>/timings.json).", "",
            "| rung | RoPE 1x | RoPE 4x (best method) | NoPE 1x | NoPE 4x | DroPE 1x | "
-           "DroPE 4x | claims that hold |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+           "DroPE 4x | claims that hold | minutes |",
+           "|---|---:|---:|---:|---:|---:|---:|---|---:|"]
+  missing = []
   for rung in rungs:
     rung_dir = os.path.join(out, rung)
     task = _rung_task(rung_dir)
     if task is None:
+      missing.append(rung)
       continue
     accuracy = {n: load_accuracy(os.path.join(rung_dir, n), task) for n in MAIN_RUNS}
     curves = {n: curve(load_metrics(os.path.join(rung_dir, n)), task) for n in MAIN_RUNS}
@@ -407,11 +411,22 @@ def write_ladder(out: str, rungs: list[str], *, scale: str, minutes: float) -> s
         f"{_pct(accuracy_at(accuracy['nope'].get('nope'), 4))} | "
         f"{_pct(accuracy_at(accuracy['drope'].get('nope'), 1))} | "
         f"{_pct(accuracy_at(accuracy['drope'].get('nope'), 4))} | "
-        f"{sum(bool(h) for _, h, _ in checked)} of {len(checked)} |")
+        f"{sum(bool(h) for _, h, _ in checked)} of {len(checked)} | "
+        f"{_minutes(rung_dir):.0f} |")
+  if missing:
+    lines += ["", f"Not run to the end here: {', '.join(missing)}."]
   path = os.path.join(out, "report.md")
   with open(path, "w") as f:
     f.write("\n".join(lines) + "\n")
   return path
+
+
+def _minutes(rung_dir: str) -> float:
+  path = os.path.join(rung_dir, "timings.json")
+  if not os.path.exists(path):
+    return float("nan")
+  with open(path) as f:
+    return sum(sum(runs.values()) for runs in json.load(f).values()) / 60
 
 
 def _rung_task(rung_dir: str) -> str | None:
