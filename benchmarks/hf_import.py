@@ -173,32 +173,6 @@ def cpu_flags() -> str:
   return f"{model}, {os.cpu_count()} cores; {' '.join(vector)}"
 
 
-def main(argv):
-  del argv
-  if _MEASURE.value:
-    print(json.dumps(measure(_MEASURE.value, _CHECKPOINT.value, _WORKDIR.value)))
-    return
-  root = pathlib.Path(tempfile.mkdtemp(prefix="hf_import_bench_"))
-  try:
-    checkpoint = root / "checkpoint"
-    checkpoint.mkdir()
-    size = build_checkpoint(checkpoint, _SIZE_GB.value * 1e9)
-    shards = len(list(checkpoint.glob("*.safetensors")))
-    print(f"checkpoint: {size / GIB:.3f} GiB float32 in {shards} shards ({checkpoint})",
-          flush=True)
-    runs = {m: [] for m in METHODS}
-    for repeat in range(_REPEATS.value):
-      for method in METHODS:
-        workdir = root / f"workdir_{repeat}"
-        runs[method].append(_run_child(method, checkpoint, workdir))
-        shutil.rmtree(workdir, ignore_errors=True)
-        print(f"  {method} run {repeat + 1}: {runs[method][-1]['load_s']:.2f} s, "
-              f"peak {runs[method][-1]['peak_rss_gib']:.2f} GiB", flush=True)
-  finally:
-    shutil.rmtree(root, ignore_errors=True)
-  report(runs, size, shards)
-
-
 def _summary(runs: list[dict]) -> dict:
   """Best and median of each figure (best: the fastest, the smallest)."""
   return {key: dict(best=min(r[key] for r in runs),
@@ -245,6 +219,32 @@ def report(runs: dict, size: int, shards: int):
 
 def _command() -> str:
   return " ".join(["python -m benchmarks.hf_import", *sys.argv[1:]])
+
+
+def main(argv):
+  del argv
+  if _MEASURE.value:
+    print(json.dumps(measure(_MEASURE.value, _CHECKPOINT.value, _WORKDIR.value)))
+    return
+  root = pathlib.Path(tempfile.mkdtemp(prefix="hf_import_bench_"))
+  try:
+    checkpoint = root / "checkpoint"
+    checkpoint.mkdir()
+    size = build_checkpoint(checkpoint, _SIZE_GB.value * 1e9)
+    shards = len(list(checkpoint.glob("*.safetensors")))
+    print(f"checkpoint: {size / GIB:.3f} GiB float32 in {shards} shards ({checkpoint})",
+          flush=True)
+    runs = {m: [] for m in METHODS}
+    for repeat in range(_REPEATS.value):
+      for method in METHODS:
+        workdir = root / f"workdir_{repeat}"
+        runs[method].append(_run_child(method, checkpoint, workdir))
+        shutil.rmtree(workdir, ignore_errors=True)
+        print(f"  {method} run {repeat + 1}: {runs[method][-1]['load_s']:.2f} s, "
+              f"peak {runs[method][-1]['peak_rss_gib']:.2f} GiB", flush=True)
+  finally:
+    shutil.rmtree(root, ignore_errors=True)
+  report(runs, size, shards)
 
 
 if __name__ == "__main__":
