@@ -425,6 +425,8 @@ class Trainer:
       if itstime(step + 1, cfg.train.eval_every, steps):
         jax.block_until_ready(step_metrics)  # the step's own time stays in its window.
         with throughput.paused():
+          # At INFO (--verbosity=0): benchmarks/kill_resume kills a run mid-evaluation.
+          logging.info("evaluating the weights of checkpoint %d", step + 1)
           extra.update(self._evaluate(state, eval_step, predict_fn))
       preempted = preemption.reached(step + 1)
       save = preempted or itstime(step + 1, cfg.checkpoint.every_steps, steps)
