@@ -14,7 +14,8 @@ turn:
   eval    during an in-run evaluation (train.eval_every), before its eval_loss is logged;
   drop    at the drop step, as the run enters the recalibration phase (the drop-point
           checkpoint may still be saving); once a run has resumed past it, `random`;
-  random  15-50% of the uninterrupted run's time after the launch.
+  random  10-80% of the way through the steps left, after the run has (re)started
+          (timed by the uninterrupted run's seconds per step).
 Prints, per kill, the moment aimed at and what the kill struck, the last step the
 killed run logged and the checkpoint the next run resumed from; then whether the final
 parameters and optimizer state are bitwise equal to the uninterrupted run's, whether
@@ -106,7 +107,7 @@ class _Moment:
   def __init__(self, kind: str, proc, log: pathlib.Path, checkpoints: pathlib.Path, *,
                started: float, delay: float):
     self.kind, self.proc, self.log, self.checkpoints = kind, proc, log, checkpoints
-    self._started, self._delay = started, delay  # for `random`: since the launch.
+    self._started, self._delay = started, delay  # for `random`.
     self._watched_since = time.time()  # this run's saves are newer.
     self._target = None  # what the watch found: a save's directory, a step.
 
@@ -134,7 +135,7 @@ class _Moment:
     """After the kill: (whether it struck the moment aimed at, what it struck)."""
     text = self.log.read_text()
     if self.kind == "random":
-      return True, f"{time.perf_counter() - self._started:.0f} s in"
+      return True, f"{time.perf_counter() - self._started:.0f} s after the start"
     if self.kind == "save":
       step = self._target.split(".")[0]
       unfinished = (self.checkpoints / self._target).exists()
@@ -167,30 +168,34 @@ def main(argv):
   if _train(reference, train_args, root / "reference.log").wait():
     sys.exit(f"the uninterrupted run failed: see {root / 'reference.log'}")
   duration = time.perf_counter() - start
-  entering = _ENTERING.search((root / "reference.log").read_text())
+  text = (root / "reference.log").read_text()
+  entering = _ENTERING.search(text)
   drop_step = int(entering[1]) if entering else None
-  print(f"uninterrupted run: {duration:.0f} s; drop at step {drop_step}")
+  steps = int(re.search(r"done: (\d+) steps", text)[1])
+  startup = float(re.search(r"first step done ([\d.]+) s", text)[1])
+  seconds_per_step = (duration - startup) / steps
+  print(f"uninterrupted run: {duration:.0f} s ({startup:.0f} s to its first step); "
+        f"{steps} steps, drop at step {drop_step}")
 
   rng = random.Random(_SEED.value)
   print("| kill | moment | struck | last step logged | next run resumed from |")
   print("|---:|---|---|---:|---:|")
   hits = {kind: [0, 0] for kind in MOMENTS}  # kind -> [struck, aimed].
-  resumed_from = 0
   for kill in range(1, _KILLS.value + 2):
     log = root / f"killed_{kill}.log"
-    launched = time.perf_counter()
     proc = _train(killed, train_args, log)
+    resumed = re.search(r"resumed from \S+/(\d+) ", _wait_for_start(log, proc))
+    started = time.perf_counter()
+    resumed_from = int(resumed[1]) if resumed else 0
     if kill > 1:
-      resumed = re.search(r"resumed from \S+/(\d+) ", _wait_for_start(log, proc))
-      resumed_from = int(resumed[1]) if resumed else 0
       print(f"{resumed_from if resumed else 'nothing'} |", flush=True)
     if kill > _KILLS.value:
       break
     kind = _MOMENTS.value[(kill - 1) % len(_MOMENTS.value)]
     if kind == "drop" and (drop_step is None or resumed_from > drop_step):
       kind = "random"  # resumed past the drop: it will not come again.
-    moment = _Moment(kind, proc, log, killed / "checkpoints", started=launched,
-                     delay=rng.uniform(0.15, 0.5) * duration)
+    moment = _Moment(kind, proc, log, killed / "checkpoints", started=started,
+                     delay=rng.uniform(0.1, 0.8) * (steps - resumed_from) * seconds_per_step)
     if not moment.wait():
       print(f"| {kill} | {kind} | run finished first | | |")
       break
