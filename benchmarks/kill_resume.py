@@ -10,7 +10,7 @@ Everything after `--` goes to `python -m drope_jax.train` (with `--verbosity=0` 
 the trainer says at INFO when it starts an evaluation). The kills take `--moments` in
 turn:
   save    inside an asynchronous checkpoint save: a step directory is still orbax's
-          temporary `<step>.orbax-checkpoint-tmp-*`, not yet finalized;
+          temporary `<step>.orbax-checkpoint-tmp`, not yet finalized;
   eval    during an in-run evaluation (train.eval_every), before its eval_loss is logged;
   drop    at the drop step, as the run enters the recalibration phase (the drop-point
           checkpoint may still be saving); once a run has resumed past it, `random`;
