@@ -3,7 +3,9 @@ Weights & Biases when `metrics.wandb` is set (wandb is imported only then; the r
 comes from the workdir, so a resumed run continues the same W&B run).
 
 Only process 0 writes, and only from the first logged step: a run refused before it
-(a config that does not fit the checkpoint) leaves the workdir as it was. After a
+(a config that does not fit the checkpoint) leaves the workdir as it was. W&B's
+prerequisites (the package, an API key unless offline) are checked when the writer is
+made, before the run compiles anything. After a
 resume, steps between the last checkpoint and the interruption are logged again:
 readers of metrics.jsonl keep the last line per step.
 """
@@ -17,7 +19,49 @@ import jax
 import tensorboardX
 from etils import epath
 
+from drope_jax import errors
+
 STDOUT_KEYS = ("loss", "eval_loss", "lr", "grad_norm", "tokens_per_sec", "mfu")
+
+
+# W&B modes that keep the run on this machine: no API key needed.
+_LOCAL_WANDB_MODES = ("offline", "dryrun", "disabled")
+_WANDB_FIX = ("run `wandb login` (or set WANDB_API_KEY), or set WANDB_MODE=offline to "
+              "keep the W&B run under WORKDIR/wandb/, or drop --config.metrics.wandb")
+
+
+class WandbError(errors.BadInput, RuntimeError):
+  """metrics.wandb is set and W&B cannot log from here."""
+
+
+def check_wandb():
+  """Raises WandbError unless wandb is installed and, outside offline or disabled mode
+  (WANDB_MODE or wandb's settings files), an API key is configured: WANDB_API_KEY,
+  ~/.netrc or wandb's settings, looked up as wandb.init will but without the network.
+  Whether the server and the project answer is only known at wandb.init."""
+  # pylint: disable=g-import-not-at-top  (optional dependency)
+  try:
+    import wandb
+    from wandb.sdk import wandb_setup
+    from wandb.sdk.lib import wbauth
+  except ImportError as e:
+    raise WandbError(
+        f"--config.metrics.wandb=True needs the wandb package ({e}): pip install "
+        "wandb==0.31.0 (the version requirements.txt pins), or drop "
+        "--config.metrics.wandb") from e
+  # pylint: enable=g-import-not-at-top
+  try:
+    settings = wandb_setup.singleton().settings
+    if settings.mode in _LOCAL_WANDB_MODES:
+      return
+    auth = wbauth.authenticate_session(host=settings.base_url, source="drope_jax",
+                                       prompt=False, update_session=False)
+  except (ValueError, wandb.errors.Error) as e:  # a bad WANDB_MODE or API key format.
+    raise WandbError(f"--config.metrics.wandb=True: W&B refuses its settings "
+                     f"({' '.join(str(e).split())}); {_WANDB_FIX}") from e
+  if auth is None:
+    raise WandbError(f"--config.metrics.wandb=True: no W&B API key for "
+                     f"{settings.base_url}; {_WANDB_FIX}")
 
 
 class MetricsWriter:
@@ -34,6 +78,8 @@ class MetricsWriter:
     self._started = time.time()
     self._first_step = None
     self._jsonl = self._tb = self._wandb = None
+    if self.enabled and run_config is not None and run_config.metrics.wandb:
+      check_wandb()
 
   def _open(self):
     self.workdir.mkdir(parents=True, exist_ok=True)
@@ -42,11 +88,18 @@ class MetricsWriter:
     if self._run_config is not None and self._run_config.metrics.wandb:
       import wandb  # pylint: disable=g-import-not-at-top  (optional dependency)
       m = self._run_config.metrics
-      self._wandb = wandb.init(
-          project=m.wandb_project, entity=m.wandb_entity, dir=str(self.workdir),
-          name=self._run_name.rstrip("/").split("/")[-1], resume="allow",
-          id=hashlib.sha256(self._run_name.encode()).hexdigest()[:16],
-          config=self._run_config.to_dict())
+      try:
+        self._wandb = wandb.init(
+            project=m.wandb_project, entity=m.wandb_entity, dir=str(self.workdir),
+            name=self._run_name.rstrip("/").split("/")[-1], resume="allow",
+            id=hashlib.sha256(self._run_name.encode()).hexdigest()[:16],
+            config=self._run_config.to_dict())
+      except wandb.errors.Error as e:  # the server, the key or the project said no.
+        raise WandbError(
+            f"the W&B run did not start ({' '.join(str(e).split())}): check the "
+            f"network, the API key (`wandb login`) and metrics.wandb_project="
+            f"{m.wandb_project}, metrics.wandb_entity={m.wandb_entity}; or set "
+            "WANDB_MODE=offline and run again (it resumes)") from e
 
   def write(self, step: int, metrics: dict):
     if not self.enabled:

@@ -176,6 +176,8 @@ class Trainer:
     self.batch_sharding = parallel.batch_sharding(self.mesh)
     self.ckpt = checkpoint.Checkpointer(str(self.workdir / "checkpoints"),
                                         config.checkpoint, keep_steps=self.plan.drop_steps)
+    if config.checkpoint.init_from and not self.ckpt.steps():
+      self._init_source()  # refused now, not after compiling init (a resume ignores it).
     # A gs:// workdir gets its metric files through a local mirror (see gcs.py).
     self.mirror = None
     if gcs.is_remote(workdir) and jax.process_index() == 0:
@@ -257,26 +259,8 @@ class Trainer:
     their initial values (gains 1), and their AdamW moments start at zero.
     """
     c = self.config.checkpoint
-    directory = epath.Path(c.init_from)
-    if (directory / "checkpoints").exists():
-      directory = directory / "checkpoints"
+    directory, step = self._init_source()
     source = checkpoint.Checkpointer(str(directory), c, read_only=True)
-    steps = source.steps()
-    if not steps:
-      raise FileNotFoundError(f"checkpoint.init_from={c.init_from}: no checkpoints found "
-                              "(give a run's workdir or its checkpoints/ directory)")
-    step = c.init_step if c.init_step is not None else steps[-1]
-    if step not in steps:
-      raise FileNotFoundError(f"checkpoint.init_step={step} is not in {directory} "
-                              f"(available: {steps})")
-    meta = source.read_meta(step)
-    diffs = architecture_mismatch(meta["config"]["model"], self.config.model,
-                                  new_qk_norm_ok=True)
-    if diffs:
-      raise config_lib.ConfigError(
-          f"checkpoint.init_from={c.init_from} (step {step}) is another architecture: "
-          f"{'; '.join(diffs)}. Set these model keys as in that run (only "
-          "model.qk_norm may add gains)")
     parts = ("params", "opt_state") if c.init_optimizer else ("params",)
     first = self.built[self.plan.phases[0]]  # init_from starts a run at step 0.
     try:
@@ -301,6 +285,35 @@ class Trainer:
                      + (f"; {len(fresh)} arrays new here, e.g. {fresh[0]}" if fresh
                         else "") + ")")
     return state
+
+  def _init_source(self) -> tuple[epath.Path, int]:
+    """checkpoint.init_from's checkpoint directory and step, checked to exist and to
+    hold this architecture (reading only its metadata)."""
+    c = self.config.checkpoint
+    directory = epath.Path(c.init_from)
+    if (directory / "checkpoints").exists():
+      directory = directory / "checkpoints"
+    source = checkpoint.Checkpointer(str(directory), c, read_only=True)
+    try:
+      steps = source.steps()
+      if not steps:
+        raise FileNotFoundError(f"checkpoint.init_from={c.init_from}: no checkpoints "
+                                "found (give a run's workdir or its checkpoints/ directory)")
+      step = c.init_step if c.init_step is not None else steps[-1]
+      if step not in steps:
+        raise FileNotFoundError(f"checkpoint.init_step={step} is not in {directory} "
+                                f"(available: {steps})")
+      meta = source.read_meta(step)
+    finally:
+      source.close()
+    diffs = architecture_mismatch(meta["config"]["model"], self.config.model,
+                                  new_qk_norm_ok=True)
+    if diffs:
+      raise config_lib.ConfigError(
+          f"checkpoint.init_from={c.init_from} (step {step}) is another architecture: "
+          f"{'; '.join(diffs)}. Set these model keys as in that run (only "
+          "model.qk_norm may add gains)")
+    return directory, step
 
   def _meta(self, step: int) -> dict:
     phase = self.plan.of_checkpoint(step)
@@ -412,6 +425,8 @@ class Trainer:
       if itstime(step + 1, cfg.train.eval_every, steps):
         jax.block_until_ready(step_metrics)  # the step's own time stays in its window.
         with throughput.paused():
+          # At INFO (--verbosity=0): benchmarks/kill_resume kills a run mid-evaluation.
+          logging.info("evaluating the weights of checkpoint %d", step + 1)
           extra.update(self._evaluate(state, eval_step, predict_fn))
       preempted = preemption.reached(step + 1)
       save = preempted or itstime(step + 1, cfg.checkpoint.every_steps, steps)

@@ -342,8 +342,8 @@ def test_init_from_params_and_optimizer_continues_the_moments(reference, tmp_pat
 
 def test_init_from_another_architecture_is_refused_by_name(reference, tmp_path):
   reference_dir, _, _ = reference
-  _, code, output = _init_from(reference_dir, tmp_path, "--config.model.d_ff=96")
-  assert code == 2
+  workdir, code, output = _init_from(reference_dir, tmp_path, "--config.model.d_ff=96")
+  assert code == 2 and not workdir.exists()  # refused before compiling anything.
   assert "is another architecture: model.d_ff is 128 there and 96 here" in output
   assert "Traceback" not in output
 

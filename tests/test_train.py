@@ -124,6 +124,8 @@ def _final_params(workdir):
     ("--config.model.not_a_key=1", "not_a_key"),
     ("--config.train.steps=many", "train.steps"),
     ("--config.drope.drop_at_step=99", "drop_at_step"),
+    # Known before compiling: refused before init compiles (and fills the cache).
+    ("--config.checkpoint.init_from=/nonexistent/run", "no checkpoints found"),
 ])
 def test_config_errors_exit_nonzero_with_a_clear_message(tmp_path, override, message):
   workdir = tmp_path / "bad"
@@ -131,7 +133,28 @@ def test_config_errors_exit_nonzero_with_a_clear_message(tmp_path, override, mes
   assert result.returncode != 0
   assert message in result.stderr
   assert "Traceback" not in result.stderr
-  assert not (workdir / "checkpoints").exists()
+  assert not workdir.exists()  # no compilation_cache/ either.
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_wandb_without_an_api_key_is_refused_before_compiling(tmp_path, existing):
+  workdir = tmp_path / "run"
+  if existing:
+    workdir.mkdir()
+    (workdir / "notes.txt").write_text("mine")
+  home = tmp_path / "home"  # no ~/.netrc, no wandb settings.
+  env = {k: v for k, v in _env().items() if not k.startswith("WANDB_") and k != "NETRC"}
+  cmd = [sys.executable, "-m", "drope_jax.train", f"--workdir={workdir}", *SMALL,
+         "--config.metrics.wandb=true"]
+  result = subprocess.run(cmd, cwd=REPO, env=dict(env, HOME=str(home)),
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and "no W&B API key" in errors[0], result.stderr[-3000:]
+  assert "wandb login" in errors[0] and "WANDB_MODE=offline" in errors[0]
+  assert sorted(p.name for p in tmp_path.rglob("*")) == (
+      ["notes.txt", "run"] if existing else [])
 
 
 @pytest.mark.parametrize("override, message", [
