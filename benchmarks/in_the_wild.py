@@ -238,17 +238,23 @@ def main():
   drope_rows = [(f"DroPE, {args.steps} steps", _eval_json(drope, "perplexity", "nope"))]
   niah_rows = ([("SmolLM2-135M (RoPE)", _eval_json(rebased, "niah", m)) for m in METHODS]
                + [(f"DroPE, {args.steps} steps", _eval_json(drope, "niah", "nope"))])
-  report = [
-      "# In-the-wild DroPE on SmolLM2-135M (GGUF, Q4_1), CPU proxy", "",
-      f"Model: `{args.gguf}`, imported with `python -m drope_jax.hf import`. "
-      f"Data: `{args.corpus}`, tokenized with the imported tokenizer.", "",
-      f"**Proxy.** SmolLM2 was trained at 8,192 tokens; this 2-core CPU evaluates at a "
+  context = in_the_wild_native.context_of(base)
+  setting = (
+      f"**Proxy.** SmolLM2 was trained at {context:,} tokens; this run evaluates at a "
       f"\"training length\" of {args.seq_len} (1x) and {2 * args.seq_len} (2x), both inside "
       "the model's real context, so RoPE is not stressed past its context here and PI / "
-      "NTK / YaRN (factor 2) only distort a model that did not need them. The recalibration "
-      f"is {args.steps} steps of {tokens_per_step:,} tokens ({args.steps * tokens_per_step:,} "
-      "tokens; the paper uses 30K+ steps of 1M tokens): it shows the loss at the drop and the "
-      "start of its recovery, not a recovered model.", "",
+      "NTK / YaRN (factor 2) only distort a model that did not need them."
+      if args.seq_len < context else
+      f"**At the model's own context** ({context:,} tokens, 2x = {2 * context:,}).")
+  report = [
+      f"# In-the-wild DroPE on SmolLM2-135M (GGUF, Q4_1), "
+      f"{'proxy' if args.seq_len < context else 'native'} length {args.seq_len}", "",
+      f"Model: `{args.gguf}`, imported with `python -m drope_jax.hf import`. "
+      f"Data: `{args.corpus}`, tokenized with the imported tokenizer.", "",
+      f"{setting} The recalibration is {args.steps} steps of {tokens_per_step:,} tokens "
+      f"({args.steps * tokens_per_step:,} tokens; the paper uses 30K+ steps of 1M tokens): "
+      "it shows the loss at the drop and the start of its recovery, not a recovered "
+      "model.", "",
       "## Perplexity (held-out split)", "",
       *_perplexity_table(base_rows + drope_rows), "",
       "## NIAH (single needle, depths 0 / 0.5 / 1, success (trials))", "",

@@ -31,7 +31,7 @@ METHODS = tuple(HF_ROPE)
 def run(args, out: str, runner) -> list[str]:
   """Runs the native stages; returns the report's lines."""
   base = os.path.join(out, "base")
-  context = _context(base)
+  context = context_of(base)
   evaluated = lambda kind, method: os.path.join(base, "eval", f"{kind}_{method}.json")
   common = [f"--workdir={base}", f"--eval_data={args.eval_data}",
             f"--eval_tokens={2 * context}", f"--batch_tokens={context}"]
@@ -57,9 +57,10 @@ def run(args, out: str, runner) -> list[str]:
   return _report(args, context, ours, reference, niah, runner.seconds)
 
 
-def _context(base: str) -> int:
-  from drope_jax.eval import loading  # pylint: disable=g-import-not-at-top
-  return loading.load_run(base).train_len
+def context_of(base: str) -> int:
+  """The imported model's own context: train.seq_len of the run `hf import` wrote."""
+  with open(os.path.join(base, "config.json")) as f:
+    return json.load(f)["train"]["seq_len"]
 
 
 def _read(path: str) -> dict | None:
