@@ -124,6 +124,7 @@ def _final_params(workdir):
     ("--config.model.not_a_key=1", "not_a_key"),
     ("--config.train.steps=many", "train.steps"),
     ("--config.drope.drop_at_step=99", "drop_at_step"),
+    ("--config.profile.steps=20-30", "profile.steps"),
 ])
 def test_config_errors_exit_nonzero_with_a_clear_message(tmp_path, override, message):
   workdir = tmp_path / "bad"
@@ -132,6 +133,15 @@ def test_config_errors_exit_nonzero_with_a_clear_message(tmp_path, override, mes
   assert message in result.stderr
   assert "Traceback" not in result.stderr
   assert not (workdir / "checkpoints").exists()
+
+
+def test_profile_steps_write_a_trace_of_those_steps(tmp_path):
+  result = train(tmp_path / "run", "--config.train.steps=4", "--config.drope.drop_at_step=2",
+                 "--config.train.warmup_steps=1", "--config.drope.warmup_steps=1",
+                 "--config.profile.steps=1-2")
+  traces = list((tmp_path / "run" / "profile").glob("plugins/profile/*/*.xplane.pb"))
+  assert len(traces) == 1 and traces[0].stat().st_size > 0
+  assert "step 2: trace of profile.steps written to" in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("override, message", [
