@@ -3,8 +3,13 @@ r"""The paper's in-the-wild DroPE workflow on a real pretrained model, end to en
   python -m benchmarks.in_the_wild --out=DIR [--steps=20] [--seq_len=512] \
       [--gguf=../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf] \
       [--corpus=../shared/corpus/nltk.jsonl.gz]   (../shared: next to the repository)
+  python -m benchmarks.in_the_wild --context=native --out=DIR \
+      [--eval_data=../shared/corpus/books.jsonl.gz]
 
-Every stage is a public command, run as a subprocess:
+--context=native evaluates the imported model at its own context and 2x, beside
+transformers on the same windows (benchmarks/in_the_wild_native.py). The default,
+--context=proxy, runs the whole workflow at a short proxy length, every stage a public
+command run as a subprocess:
   1. import     python -m drope_jax.hf import --hf=MODEL.gguf --workdir=DIR/base
   2. data       python -m drope_jax.data.prepare (the imported tokenizer)
   3. re-base    python -m drope_jax.train: one step at lr 0 from DIR/base with
@@ -20,7 +25,7 @@ Every stage is a public command, run as a subprocess:
                 must reproduce the exported model's logits.
 DIR/report.md gets the tables; DIR/logs/ every command's output.
 
-This is a proxy of the paper's setting, sized for a 2-core CPU: SmolLM2-135M was trained
+The proxy is the paper's setting sized for a 2-core CPU: SmolLM2-135M was trained
 at 8,192 tokens and extrapolates to 16K; here its "training length" is --seq_len (512) and
 2x is 1,024 tokens, well inside what the model has seen, so RoPE is not stressed past its
 context and the scalings PI/NTK/YaRN only distort it. The paper recalibrates for
@@ -37,6 +42,8 @@ import sys
 import time
 
 import numpy as np
+
+from benchmarks import in_the_wild_native
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
@@ -58,6 +65,13 @@ def _parse_args():
   parser.add_argument("--eval_tokens", type=int, default=4096,
                       help="held-out tokens scored per length")
   parser.add_argument("--niah_trials", type=int, default=2)
+  parser.add_argument("--context", choices=("proxy", "native"), default="proxy",
+                      help="proxy: the workflow at --seq_len; native: evaluation only, "
+                      "at the model's own context and 2x, beside transformers")
+  parser.add_argument("--eval_data", default=os.path.join(SHARED, "corpus", "books.jsonl.gz"),
+                      help="--context=native: held-out text (its first book is a novel)")
+  parser.add_argument("--niah_methods", default="none,yarn",
+                      help="--context=native: NIAH's methods (each 2x prompt is minutes)")
   return parser.parse_args()
 
 
@@ -176,7 +190,10 @@ def _niah_table(rows: list[tuple[str, dict | None]], lengths: list[int]) -> list
 def main():
   args = _parse_args()
   out = os.path.abspath(args.out)
-  for flag, path in (("--gguf", args.gguf), ("--corpus", args.corpus)):
+  inputs = (("--gguf", args.gguf),
+            ("--eval_data", args.eval_data) if args.context == "native"
+            else ("--corpus", args.corpus))
+  for flag, path in inputs:
     if not os.path.exists(path):
       sys.exit(f"{flag}={path} does not exist: pass the file's path")
   warmup = args.steps // 4 if args.warmup is None else args.warmup
@@ -188,6 +205,9 @@ def main():
   evaluated = lambda workdir: os.path.join(workdir, "eval", "report.md")
   run("import", ckpt(base, 0),
       "drope_jax.hf", "import", f"--hf={args.gguf}", f"--workdir={base}")
+  if args.context == "native":
+    _write_report(out, in_the_wild_native.run(args, out, run))
+    return
   run("prepare", os.path.join(data, "manifest.json"),
       "drope_jax.data.prepare", f"--input={args.corpus}", f"--output={data}",
       f"--tokenizer=hf:{base}/hf/tokenizer.json", "--workers=2")
@@ -218,17 +238,23 @@ def main():
   drope_rows = [(f"DroPE, {args.steps} steps", _eval_json(drope, "perplexity", "nope"))]
   niah_rows = ([("SmolLM2-135M (RoPE)", _eval_json(rebased, "niah", m)) for m in METHODS]
                + [(f"DroPE, {args.steps} steps", _eval_json(drope, "niah", "nope"))])
-  report = [
-      "# In-the-wild DroPE on SmolLM2-135M (GGUF, Q4_1), CPU proxy", "",
-      f"Model: `{args.gguf}`, imported with `python -m drope_jax.hf import`. "
-      f"Data: `{args.corpus}`, tokenized with the imported tokenizer.", "",
-      f"**Proxy.** SmolLM2 was trained at 8,192 tokens; this 2-core CPU evaluates at a "
+  context = in_the_wild_native.context_of(base)
+  setting = (
+      f"**Proxy.** SmolLM2 was trained at {context:,} tokens; this run evaluates at a "
       f"\"training length\" of {args.seq_len} (1x) and {2 * args.seq_len} (2x), both inside "
       "the model's real context, so RoPE is not stressed past its context here and PI / "
-      "NTK / YaRN (factor 2) only distort a model that did not need them. The recalibration "
-      f"is {args.steps} steps of {tokens_per_step:,} tokens ({args.steps * tokens_per_step:,} "
-      "tokens; the paper uses 30K+ steps of 1M tokens): it shows the loss at the drop and the "
-      "start of its recovery, not a recovered model.", "",
+      "NTK / YaRN (factor 2) only distort a model that did not need them."
+      if args.seq_len < context else
+      f"**At the model's own context** ({context:,} tokens, 2x = {2 * context:,}).")
+  report = [
+      f"# In-the-wild DroPE on SmolLM2-135M (GGUF, Q4_1), "
+      f"{'proxy' if args.seq_len < context else 'native'} length {args.seq_len}", "",
+      f"Model: `{args.gguf}`, imported with `python -m drope_jax.hf import`. "
+      f"Data: `{args.corpus}`, tokenized with the imported tokenizer.", "",
+      f"{setting} The recalibration is {args.steps} steps of {tokens_per_step:,} tokens "
+      f"({args.steps * tokens_per_step:,} tokens; the paper uses 30K+ steps of 1M tokens): "
+      "it shows the loss at the drop and the start of its recovery, not a recovered "
+      "model.", "",
       "## Perplexity (held-out split)", "",
       *_perplexity_table(base_rows + drope_rows), "",
       "## NIAH (single needle, depths 0 / 0.5 / 1, success (trials))", "",
@@ -255,9 +281,13 @@ def main():
       "| " + " | ".join(run.seconds) + " |", "|" + "---:|" * len(run.seconds),
       "| " + " | ".join(f"{t:.0f}" for t in run.seconds.values()) + " |", "",
   ]
+  _write_report(out, report)
+
+
+def _write_report(out: str, lines: list[str]) -> None:
   with open(os.path.join(out, "report.md"), "w") as f:
-    f.write("\n".join(report))
-  print("\n".join(report))
+    f.write("\n".join(lines))
+  print("\n".join(lines))
 
 
 if __name__ == "__main__":

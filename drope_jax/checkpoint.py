@@ -132,6 +132,11 @@ def fingerprints(tree) -> dict[str, list]:
           for (p, leaf), fp in zip(flat, sums)}
 
 
+# Elements summed at a time on CPU, where XLA does not fuse the weighting into the sum:
+# one pass would need a temporary as large as the array (the whole state at a save).
+FINGERPRINT_SLICE = 1 << 20
+
+
 @jax.jit
 def _fingerprint_all(leaves):
   return [_fingerprint(x) for x in leaves]
@@ -143,15 +148,31 @@ def _fingerprint(x):
   Integer sums are exact in any order, so any mesh gives the same value; and since odd
   factors are invertible mod 2**32, any one changed element always changes it.
   """
-  if x.dtype == jnp.bool_:
-    bits = x.astype(jnp.uint32)
+  flat = x.reshape(-1)
+  if jax.default_backend() != "cpu" or flat.size <= FINGERPRINT_SLICE:
+    return _weighted_bit_sum(flat, 0)  # accelerators fuse it: no temporary.
+  whole = flat.size // FINGERPRINT_SLICE
+
+  def add_slice(i, total):
+    start = i * FINGERPRINT_SLICE
+    piece = jax.lax.dynamic_slice(flat, (start,), (FINGERPRINT_SLICE,))
+    return total + _weighted_bit_sum(piece, start)
+
+  total = jax.lax.fori_loop(0, whole, add_slice, jnp.uint32(0))
+  return total + _weighted_bit_sum(flat[whole * FINGERPRINT_SLICE:],
+                                   whole * FINGERPRINT_SLICE)
+
+
+def _weighted_bit_sum(values, first_index):
+  """The fingerprint's terms for flat elements first_index, first_index + 1, ..."""
+  if values.dtype == jnp.bool_:
+    bits = values.astype(jnp.uint32)
   else:
-    unsigned = jnp.dtype(f"uint{jnp.dtype(x.dtype).itemsize * 8}")
-    bits = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
-  index, stride = jnp.zeros(x.shape, jnp.uint32), 1
-  for axis in reversed(range(x.ndim)):
-    index += jax.lax.broadcasted_iota(jnp.uint32, x.shape, axis) * jnp.uint32(stride)
-    stride = stride * x.shape[axis] % 2**32
+    unsigned = jnp.dtype(f"uint{jnp.dtype(values.dtype).itemsize * 8}")
+    bits = jax.lax.bitcast_convert_type(values, unsigned).astype(jnp.uint32)
+  # uint32 arithmetic wraps as the sum does: the index is taken mod 2**32.
+  index = (jnp.asarray(first_index).astype(jnp.uint32)
+           + jax.lax.iota(jnp.uint32, values.size))
   return jnp.sum(bits * (2 * index + 1), dtype=jnp.uint32)
 
 

@@ -147,6 +147,10 @@ def base_config(variant: str = "drope") -> ml_collections.ConfigDict:
       wandb_entity=config_dict.placeholder(str),  # unset: your default entity.
   ))
 
+  c.profile = ml_collections.ConfigDict(dict(
+      steps=config_dict.placeholder(str),  # "20-25": trace steps 20-25 into WORKDIR/profile.
+  ))
+
   c.mesh = ml_collections.ConfigDict(dict(
       shape=(-1, 1, 1),       # (data, fsdp, tensor) per slice; -1 = the rest.
       dcn_shape=(1, 1, 1),    # across slices (multi-slice data parallel over DCN).

@@ -34,6 +34,7 @@ from drope_jax import metrics as metrics_lib
 from drope_jax import optim
 from drope_jax import parallel
 from drope_jax import plan as plan_lib
+from drope_jax import profiling
 from drope_jax import train_step
 from drope_jax.data import pipeline
 from drope_jax.data import tasks as tasks_lib
@@ -150,6 +151,7 @@ class Trainer:
     self._resume_changes = []  # config keys changed since the checkpoint resumed from.
     # Everything a run can be refused for is checked before anything is written.
     config_lib.validate(config)
+    profile_steps = profiling.window(config.profile.steps, config.train.steps)
     _check_data(config)
     directories.check_writable(workdir, f"--workdir={workdir}")
     self.config = config
@@ -188,6 +190,7 @@ class Trainer:
     self.flops_per_token = flops.training_flops_per_token(config.model, t.seq_len)
     self.peak_flops = flops.peak_flops_per_device(dtype=config.model.dtype)
     self._tasks = None  # synthetic tasks' evaluation documents, drawn at first use.
+    self.trace = profiling.StepTrace(profile_steps, workdir)
 
   # --- state -----------------------------------------------------------------------
 
@@ -383,6 +386,7 @@ class Trainer:
           "(mesh.shape); `python -m drope_jax.compile` sizes a config without a "
           "device") from e
     finally:
+      self.trace.stop()
       preemption.restore()
       self.ckpt.close()
       self.writer.close()
@@ -415,6 +419,7 @@ class Trainer:
     steps = cfg.train.steps
     for step in range(int(jax.device_get(state.step)), phase.end):
       batch = _global_batch(next(data_iter), self.batch_sharding)
+      self.trace.before(step)
       state, step_metrics = step_fn(state, batch)
       if self._started is not None:
         self._report_first_step(step_metrics)
@@ -428,6 +433,9 @@ class Trainer:
           # At INFO (--verbosity=0): benchmarks/kill_resume kills a run mid-evaluation.
           logging.info("evaluating the weights of checkpoint %d", step + 1)
           extra.update(self._evaluate(state, eval_step, predict_fn))
+      traced = self.trace.after(step, state)
+      if traced:
+        self.writer.info(f"step {step}: trace of profile.steps written to {traced}")
       preempted = preemption.reached(step + 1)
       save = preempted or itstime(step + 1, cfg.checkpoint.every_steps, steps)
       # Before a save this step is logged (and checked) too: a checkpoint never follows

@@ -240,3 +240,20 @@ def test_a_scanned_runs_checkpoint_restores_into_an_unrolled_model_and_back(tmp_
       logits[graphdef is built.graphdef] = model(tokens, positional=Positional("rope"))
     assert np.isfinite(logits[True]).all()
     np.testing.assert_allclose(logits[True], logits[False], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, jax.numpy.bfloat16, np.int32, np.bool_])
+def test_fingerprints_summed_a_slice_at_a_time_equal_the_one_pass_sum(monkeypatch, dtype):
+  """On CPU a fingerprint is summed in slices (no array-sized temporary); the value is
+  the definition's: sum of bit patterns times (2i + 1) mod 2**32, any slice size."""
+  rng = np.random.default_rng(0)
+  values = rng.integers(0, 2**16, (5, 7, 3)).astype(dtype)  # 105: no multiple of 8.
+  bits = np.asarray(values).reshape(-1)
+  bits = bits.astype(np.uint32) if dtype == np.bool_ else bits.view(
+      f"uint{bits.itemsize * 8}").astype(np.uint32)
+  index = np.arange(bits.size, dtype=np.uint64)
+  expected = int((bits.astype(np.uint64) * (2 * index + 1)).sum() % 2**32)
+  monkeypatch.setattr(checkpoint, "FINGERPRINT_SLICE", 8)
+  jax.clear_caches()  # _fingerprint_all reads the slice size when it is traced.
+  [(_, got)] = checkpoint.fingerprints({"x": jax.numpy.asarray(values)}).values()
+  assert got == expected

@@ -126,6 +126,7 @@ def _final_params(workdir):
     ("--config.drope.drop_at_step=99", "drop_at_step"),
     # Known before compiling: refused before init compiles (and fills the cache).
     ("--config.checkpoint.init_from=/nonexistent/run", "no checkpoints found"),
+    ("--config.profile.steps=20-30", "profile.steps"),
 ])
 def test_config_errors_exit_nonzero_with_a_clear_message(tmp_path, override, message):
   workdir = tmp_path / "bad"
@@ -155,6 +156,15 @@ def test_wandb_without_an_api_key_is_refused_before_compiling(tmp_path, existing
   assert "wandb login" in errors[0] and "WANDB_MODE=offline" in errors[0]
   assert sorted(p.name for p in tmp_path.rglob("*")) == (
       ["notes.txt", "run"] if existing else [])
+
+
+def test_profile_steps_write_a_trace_of_those_steps(tmp_path):
+  result = train(tmp_path / "run", "--config.train.steps=4", "--config.drope.drop_at_step=2",
+                 "--config.train.warmup_steps=1", "--config.drope.warmup_steps=1",
+                 "--config.profile.steps=1-2")
+  traces = list((tmp_path / "run" / "profile").glob("plugins/profile/*/*.xplane.pb"))
+  assert len(traces) == 1 and traces[0].stat().st_size > 0
+  assert "step 2: trace of profile.steps written to" in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("override, message", [

@@ -31,9 +31,9 @@ class Method:
   c: float | None = None
 
   def positional(self, length: int, train_len: int) -> Positional:
-    s = max(1.0, length / train_len)
-    if self.name in ("rope", "nope"):
-      return self.base
+    s = length / train_len
+    if self.name in ("rope", "nope") or s <= 1:
+      return self.base  # every scaling and temperature is the identity at factor 1.
     if self.name == "temperature":
       beta = rope_scaling.softmax_temperature(self.c, length, train_len)
       return dataclasses.replace(self.base, temperature=beta)

@@ -20,16 +20,22 @@ class Niah:
     trials = options.niah_trials
     tokenizer = run.tokenizer()
     graphdef = run.graphdef()
+    scored = {}  # methods that coincide at a length (all of them at 1x) score it once.
     for method in ctx.methods:
       ctx.say(f"niah {method.name}: {len(variants)} variants x {len(depths)} depths x "
               f"{trials} trials at lengths {', '.join(map(str, ctx.lengths))}")
-      cells = niah_runner.run(
-          graphdef, run.params, tokenizer=tokenizer, haystack=haystack,
-          lengths=ctx.lengths, variants=variants, depths=depths, trials=trials,
-          positional_for=lambda length, m=method: m.positional(length, run.train_len),
-          rows_for=lambda length: methods.rows_for(run, length, options.batch_tokens),
-          seed=options.seed, vocab_limit=tokenizer.vocab_size, framing=run.framing,
-          progress=ctx.say)
+      cells = []
+      for length in ctx.lengths:  # each length's prompts depend on it and the seed only.
+        positional = method.positional(length, run.train_len)
+        if (positional, length) not in scored:
+          scored[positional, length] = niah_runner.run(
+              graphdef, run.params, tokenizer=tokenizer, haystack=haystack,
+              lengths=[length], variants=variants, depths=depths, trials=trials,
+              positional_for=lambda _, p=positional: p,
+              rows_for=lambda n: methods.rows_for(run, n, options.batch_tokens),
+              seed=options.seed, vocab_limit=tokenizer.vocab_size, framing=run.framing,
+              progress=ctx.say)
+        cells += scored[positional, length]
       if not cells:
         raise no_prompt_fits(ctx.lengths)
       path = results.write(run, self.name, method,

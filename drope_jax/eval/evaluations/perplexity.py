@@ -22,19 +22,23 @@ class Perplexity:
     run, options, stream = ctx.run, ctx.options, ctx.heldout_tokens
     edges = perplexity.bucket_edges(run.train_len, ctx.lengths[-1])
     prefix = framing.window_prefix(run.framing, run.tokenizer())
+    scored = {}  # methods that coincide at a length (all of them at 1x) score it once.
     for method in ctx.methods:
       scores, kernels = [], []
       for length in ctx.lengths:
         kernel = methods.attention_for(run.config.model.attention, length,
                                        options.attention)
+        positional = method.positional(length, run.train_len)
         started = time.perf_counter()
-        windows = heldout.windows(stream, length, max(1, (len(stream) - 1) // length),
-                                  prefix)
-        score = perplexity.evaluate(
-            run.graphdef(kernel), run.params, windows,
-            positional=method.positional(length, run.train_len), mesh=run.mesh,
-            batch_size=methods.rows_for(run, length, options.batch_tokens),
-            progress=ctx.say)
+        key = (positional, kernel, length)
+        if key not in scored:
+          windows = heldout.windows(stream, length,
+                                    max(1, (len(stream) - 1) // length), prefix)
+          scored[key] = perplexity.evaluate(
+              run.graphdef(kernel), run.params, windows, positional=positional,
+              mesh=run.mesh, batch_size=methods.rows_for(run, length, options.batch_tokens),
+              progress=ctx.say)
+        score = scored[key]
         ctx.say(f"perplexity {method.name:>11} length {length:>6} ({kernel}): "
                 f"{score.perplexity:9.3f} over {score.tokens} tokens "
                 f"({time.perf_counter() - started:.0f}s)")

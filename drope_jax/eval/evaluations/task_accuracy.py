@@ -36,17 +36,21 @@ class TaskAccuracy:
                                          seed=options.seed, count=options.task_docs)
                  for length in ctx.lengths}
     edges = perplexity.bucket_edges(run.train_len, ctx.lengths[-1] + 1)
+    scored = {}  # methods that coincide at a length (all of them at 1x) score it once.
     for method in ctx.methods:
       scores = []
       for length in ctx.lengths:
         kernel = methods.attention_for(run.config.model.attention, length,
                                        options.attention)
+        positional = method.positional(length, run.train_len)
         started = time.perf_counter()
-        predict_fn = task_scores.make_predict_fn(
-            run.graphdef(kernel), method.positional(length, run.train_len))
-        score = task_scores.score(
-            predict_fn, run.params, documents[length], mesh=run.mesh,
-            batch_size=methods.rows_for(run, length, options.batch_tokens))
+        key = (positional, kernel, length)
+        if key not in scored:
+          predict_fn = task_scores.make_predict_fn(run.graphdef(kernel), positional)
+          scored[key] = task_scores.score(
+              predict_fn, run.params, documents[length], mesh=run.mesh,
+              batch_size=methods.rows_for(run, length, options.batch_tokens))
+        score = scored[key]
         ctx.say(f"{self.name} {method.name:>11} length {length:>6} ({kernel}): accuracy "
                 f"{score.accuracy:.4f} over {len(score.correct)} answers "
                 f"({time.perf_counter() - started:.0f}s)")
