@@ -29,6 +29,7 @@ _FIRST_STEP = re.compile(r"first step done [\d.]+ s after the process started "
 def _env(**extra):
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", **extra)
   env.pop("XLA_FLAGS", None)  # one CPU device, like a user's laptop.
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)  # the workdir's own cache is under test.
   return env
 
 
