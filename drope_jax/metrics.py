@@ -16,7 +16,6 @@ import sys
 import time
 
 import jax
-import tensorboardX
 from etils import epath
 
 from drope_jax import errors
@@ -47,7 +46,7 @@ def check_wandb():
   except ImportError as e:
     raise WandbError(
         f"--config.metrics.wandb=True needs the wandb package ({e}): pip install "
-        "wandb==0.31.0 (the version requirements.txt pins), or drop "
+        "-r requirements-wandb.txt (an optional install), or drop "
         "--config.metrics.wandb") from e
   # pylint: enable=g-import-not-at-top
   try:
@@ -62,6 +61,23 @@ def check_wandb():
   if auth is None:
     raise WandbError(f"--config.metrics.wandb=True: no W&B API key for "
                      f"{settings.base_url}; {_WANDB_FIX}")
+
+
+def _tensorboardx():
+  """tensorboardX, imported at the first logged step without torch: its writer imports
+  torch where it is installed (4 s on a 2-core host) only to accept torch tensors, which
+  no one passes here. A later `import torch` elsewhere is unaffected."""
+  # pylint: disable=g-import-not-at-top
+  if "torch" in sys.modules:
+    import tensorboardX
+    return tensorboardX
+  sys.modules["torch"] = None  # `import torch` raises ImportError, which it handles.
+  try:
+    import tensorboardX
+  finally:
+    del sys.modules["torch"]
+  return tensorboardX
+  # pylint: enable=g-import-not-at-top
 
 
 class MetricsWriter:
@@ -84,7 +100,7 @@ class MetricsWriter:
   def _open(self):
     self.workdir.mkdir(parents=True, exist_ok=True)
     self._jsonl = (self.workdir / "metrics.jsonl").open("a")
-    self._tb = tensorboardX.SummaryWriter(str(self.workdir / "tensorboard"))
+    self._tb = _tensorboardx().SummaryWriter(str(self.workdir / "tensorboard"))
     if self._run_config is not None and self._run_config.metrics.wandb:
       import wandb  # pylint: disable=g-import-not-at-top  (optional dependency)
       m = self._run_config.metrics

@@ -1,8 +1,11 @@
-"""Weights & Biases beside TensorBoard: off unless asked (not even imported), offline here."""
+"""Weights & Biases beside TensorBoard: an optional install, off unless asked (not even
+imported), offline here."""
 
 import hashlib
 import subprocess
 import sys
+
+import pytest
 
 from drope_jax import config as config_lib
 from drope_jax import metrics
@@ -32,3 +35,9 @@ def test_wandb_logs_every_step_offline(tmp_path, monkeypatch):
   (log,) = run.glob(f"run-{run_id}.wandb")
   assert log.stat().st_size > 0
   assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 3
+
+
+def test_wandb_not_installed_is_one_message_naming_the_optional_install(monkeypatch):
+  monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError.
+  with pytest.raises(metrics.WandbError, match="requirements-wandb.txt"):
+    metrics.check_wandb()
