@@ -329,7 +329,7 @@ def _claims_for(accuracy, curves, drope_run, drope_name):
   if curves.get("rope"):
     out.append(("RoPE reaches 90% at 1x in clearly fewer steps than NoPE",
                 r90 is not None and (n90 is None or r90 <= 0.75 * n90),
-                f"RoPE {r90 or 'never'}, NoPE {n90 or 'never'} steps"))
+                f"steps to 90%: RoPE {r90 or 'never'}, NoPE {n90 or 'never'}"))
   r1 = accuracy_at(rope.get("rope"), 1)
   if r1 is not None:
     falls = [accuracy_at(rope.get("rope"), m) for m in (2, 4)]
