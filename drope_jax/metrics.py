@@ -67,17 +67,15 @@ def _tensorboardx():
   """tensorboardX, imported at the first logged step without torch: its writer imports
   torch where it is installed (4 s on a 2-core host) only to accept torch tensors, which
   no one passes here. A later `import torch` elsewhere is unaffected."""
-  # pylint: disable=g-import-not-at-top
-  if "torch" in sys.modules:
-    import tensorboardX
-    return tensorboardX
-  sys.modules["torch"] = None  # `import torch` raises ImportError, which it handles.
+  hide_torch = "torch" not in sys.modules
+  if hide_torch:
+    sys.modules["torch"] = None  # `import torch` raises ImportError, which it handles.
   try:
-    import tensorboardX
+    import tensorboardX  # pylint: disable=g-import-not-at-top
   finally:
-    del sys.modules["torch"]
+    if hide_torch:
+      del sys.modules["torch"]
   return tensorboardX
-  # pylint: enable=g-import-not-at-top
 
 
 class MetricsWriter:
