@@ -10,7 +10,7 @@ it three ways, each in a process of its own so that its peak resident memory (ma
 is its own:
   safetensors   safetensors.numpy.load_file of every shard, all tensors kept
   hf import     what `python -m drope_jax.hf import` runs: read, convert, place on
-                the mesh, write the step-0 checkpoint (params + fresh AdamW state)
+                the mesh, write the step-0 checkpoint (params; AdamW starts fresh)
   transformers  AutoModelForCausalLM.from_pretrained(DIR), then a sum over each weight
                 (it may map them from the files and read them only when used)
 `load s` is the load alone (imports and JAX start-up are timed apart as `start-up s`);

@@ -36,6 +36,13 @@ FINGERPRINTS = "fingerprints"  # META key: {array path: [dtype, fingerprint]}.
 # META key: how the layers' parameters are laid out. Every layer's arrays are stacked
 # under `blocks` ([L, ...]); checkpoints without the key hold `blocks/<i>/...`.
 LAYOUT, STACKED = "param_layout", "stacked_layers"
+# META key, true when the state was saved without its optimizer state because that is
+# the optimizer's fresh state (an imported model's step 0): whoever restores it makes
+# the fresh state again, and the save neither holds nor writes it.
+FRESH_OPTIMIZER = "fresh_optimizer"
+# META key, false when no data iterator was saved (an import): a run resuming the state
+# reads its data from the start. Checkpoints without the key have one.
+DATA_ITER_SAVED = "data_iter_saved"
 
 
 class RestoreError(errors.BadInput, RuntimeError):
@@ -217,8 +224,11 @@ class Checkpointer:
                        META: ocp.JsonCheckpointHandler()})
 
   def save(self, step: int, state, data_iter, meta: dict[str, Any]) -> bool:
+    """Saves a TrainState; one whose opt_state is None is saved as FRESH_OPTIMIZER."""
     self.directory.mkdir(parents=True, exist_ok=True)
-    meta = {**meta, LAYOUT: STACKED, FINGERPRINTS: fingerprints(state)}
+    meta = {**meta, LAYOUT: STACKED, FINGERPRINTS: fingerprints(state),
+            FRESH_OPTIMIZER: state.opt_state is None,
+            DATA_ITER_SAVED: data_iter is not None}
     items = {STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}
     if data_iter is not None:
       items[DATA_ITER] = grain.checkpoint.CheckpointSave(data_iter)
@@ -236,10 +246,17 @@ class Checkpointer:
     return restored[META]
 
   def restore(self, step: int, abstract_state, data_iter=None):
-    """Restores onto `abstract_state`'s shardings (any mesh); returns (state, meta)."""
+    """Restores onto `abstract_state`'s shardings (any mesh); returns (state, meta).
+
+    A state saved with a fresh optimizer comes back with opt_state None: the caller
+    knows its optimizer and makes the fresh state. One saved without a data iterator
+    leaves `data_iter` at its start."""
+    saved = self.read_meta(step)
+    if saved.get(FRESH_OPTIMIZER):
+      abstract_state = abstract_state.replace(opt_state=None)
     items = {STATE: ocp.args.StandardRestore(abstract_state),
              META: ocp.args.JsonRestore()}
-    if data_iter is not None:
+    if data_iter is not None and saved.get(DATA_ITER_SAVED, True):
       items[DATA_ITER] = grain.checkpoint.CheckpointRestore(data_iter)
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     meta = restored[META]
@@ -327,6 +344,9 @@ class Checkpointer:
     check_layout(meta, str(path.parent))
     targets = {path_key(p): leaf
                for p, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
+    if "opt_state" in parts and meta.get(FRESH_OPTIMIZER):
+      raise ValueError(f"{path.parent} holds no optimizer state (its optimizer starts "
+                       "fresh, as an imported model's does)")
     with ocp.PyTreeCheckpointer() as checkpointer:
       saved = checkpointer.metadata(path).item_metadata.tree
 

@@ -6,7 +6,8 @@ r"""Ahead-of-time compile of the real train step for a TPU slice, on any host.
 Needs libtpu (no TPU). Builds the config's mesh from the slice's device descriptions,
 lowers and compiles `train_step.make_train_step` for each training phase (a DroPE run
 has a RoPE and a NoPE phase) on abstract state and batch, and prints per-chip memory
-against the chip's HBM, the parameter count and FLOPs per token, and how many Pallas
+against the chip's HBM (and its five largest buffers, with the JAX operations that
+make them), the parameter count and FLOPs per token, and how many Pallas
 TPU kernels (splash attention) the program holds. Exits 1 when a phase does not fit.
 `--scan_layers=both` compiles every phase with the layers scanned and unrolled, and
 prints their compile seconds, memory and FLOPs side by side.
@@ -30,6 +31,7 @@ from absl import flags
 from jax.experimental import topologies
 from ml_collections import config_flags
 
+from drope_jax import buffers
 from drope_jax import cli
 from drope_jax import config as config_lib
 from drope_jax import flops
@@ -160,6 +162,7 @@ class Report:
   flops: float = 0.0    # XLA's count for the step, per chip (custom kernels not counted).
   scan_layers: bool = True
   out_of_memory: str | None = None  # the compiler's message; the byte counts are then 0.
+  largest: tuple[buffers.Buffer, ...] = ()  # the largest buffers per chip, descending.
 
   @property
   def total_bytes(self) -> int:
@@ -199,7 +202,7 @@ def compile_phases(config, topology: Topology, phases=plan_lib.PHASE_NAMES):
     step = train_step.make_train_step(config, built, optim.lr_schedule(config), positional)
     start = time.perf_counter()
     try:
-      compiled = step.lower(built.abstract_state, batch).compile()
+      compiled, largest = buffers.compile_and_list(step.lower(built.abstract_state, batch))
     except jax.errors.JaxRuntimeError as e:
       if "RESOURCE_EXHAUSTED" not in str(e):
         raise
@@ -221,7 +224,7 @@ def compile_phases(config, topology: Topology, phases=plan_lib.PHASE_NAMES):
         hbm_bytes=topology.hbm_bytes,
         tpu_custom_calls=compiled.as_text().count('custom_call_target="tpu_custom_call"'),
         compile_seconds=seconds, flops=_flops(compiled),
-        scan_layers=config.model.scan_layers)
+        scan_layers=config.model.scan_layers, largest=tuple(largest))
 
 
 def _flops(compiled) -> float:
@@ -279,6 +282,8 @@ def _format(report: Report) -> str:
       f"generated code {_gib(report.code_bytes)}",
       f"  total {_gib(report.total_bytes)} of {_gib(report.hbm_bytes)} HBM "
       f"({report.total_bytes / report.hbm_bytes:.0%}): {verdict}",
+      "  largest buffers:",
+      *(f"  {buffers.describe(b)}" for b in report.largest),
   ])
 
 

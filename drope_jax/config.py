@@ -54,8 +54,12 @@ def base_config(variant: str = "drope") -> ml_collections.ConfigDict:
       attention_chunk=512,    # block size of the `chunked` kernel.
       # splash block sizes: "" = the table in drope_jax/model/splash_blocks.py (by chip
       # and sequence length); "q=1024,kv=1024,kv_compute=512" overrides those named
-      # (q, kv, kv_compute, q_dkv, kv_dkv, kv_dkv_compute: multiples of 128 dividing S).
+      # (q, kv, kv_compute, q_dkv, kv_dkv, kv_dkv_compute, q_dq, kv_dq: multiples of 128
+      # dividing S).
       splash_block_sizes="",
+      # The splash backward computes dq, dk and dv in one kernel, at the cost of
+      # S / kv_dkv partial dq copies in HBM; False gives dq a kernel of its own.
+      splash_fused_bwd=True,
       remat="none",           # none | full | save_dots.
       # Layers under one lax.scan: XLA compiles one layer instead of n_layers (the
       # ablation_500m step on v5p-8: 40 s instead of 285 s). Parameters are stacked

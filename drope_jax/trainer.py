@@ -207,6 +207,11 @@ class Trainer:
         lambda step: self.built[self.plan.of_checkpoint(step)].abstract_state, data_iter,
         check_meta=self._check_resume)
     if state is not None:
+      if state.opt_state is None:  # saved fresh (an import's step 0): make it again.
+        built = self.built[self.plan.of_checkpoint(step)]
+        with parallel.mesh_context(self.mesh):
+          state = state.replace(opt_state=jax.jit(
+              self.tx.init, out_shardings=built.state_shardings.opt_state)(state.params))
       if self._resume_changes:  # of the checkpoint used (others may have been tried).
         logging.warning("resuming with config changes: %s", "; ".join(self._resume_changes))
       self.writer.info(f"resumed from {self.ckpt.directory}/{step} "
@@ -271,7 +276,7 @@ class Trainer:
     except ValueError as e:
       raise config_lib.ConfigError(
           f"checkpoint.init_from={c.init_from} (step {step}): {e}"
-          + (". Its optimizer differs: drop checkpoint.init_optimizer"
+          + ("; drop checkpoint.init_optimizer to start the optimizer fresh"
              if c.init_optimizer else "")) from e
     finally:
       source.close()

@@ -38,6 +38,11 @@ def _assert_equal(a, b):
                a, b)
 
 
+# What the Checkpointer adds to the metadata of a state saved without a data iterator.
+_ADDED_META = {checkpoint.LAYOUT: checkpoint.STACKED, checkpoint.FRESH_OPTIMIZER: False,
+               checkpoint.DATA_ITER_SAVED: False}
+
+
 def _checkpointer(directory, keep_steps=(), **overrides):
   config = helpers.tiny_config().checkpoint
   config.update(overrides)
@@ -54,7 +59,7 @@ def test_saved_on_8_devices_restores_on_4_and_on_1_with_the_same_values(tmp_path
   for shape in [(1, 2, 2), (1, 1, 1)]:
     built, _ = _built(config, shape)
     step, restored, meta = _checkpointer(tmp_path).restore_latest(built.abstract_state)
-    assert step == 5 and meta == {"step": 5, checkpoint.LAYOUT: checkpoint.STACKED}
+    assert step == 5 and meta == {"step": 5, **_ADDED_META}
     _assert_equal(restored, state)
     n = shape[0] * shape[1] * shape[2]
     assert {len(x.sharding.device_set) for x in jax.tree.leaves(restored)} <= {1, n}
@@ -112,7 +117,7 @@ def test_a_corrupt_latest_checkpoint_is_skipped_with_a_warning_and_moved_aside(
   monkeypatch.setattr(logging, "warning", lambda msg, *a: warnings.append(msg % a))
   ckpt = _checkpointer(directory)
   step, restored, meta = ckpt.restore_latest(built.abstract_state)
-  assert step == 2 and meta == {"step": 2, checkpoint.LAYOUT: checkpoint.STACKED}
+  assert step == 2 and meta == {"step": 2, **_ADDED_META}
   _assert_equal(restored, states[2])
   assert len(warnings) == 1 and "/3 is unreadable" in warnings[0], warnings
   assert "moved it to 3.corrupt; resuming from step 2" in warnings[0], warnings

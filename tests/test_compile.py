@@ -86,6 +86,12 @@ def test_both_phases_compile_with_splash_kernels_and_a_consistent_memory_report(
     assert state_per_chip <= report.argument_bytes <= 1.1 * state_per_chip
     assert report.alias_bytes >= 0.9 * state_per_chip  # the donated state is reused.
     assert 0 < report.temp_bytes and report.fits
+    # Where the memory goes: the five largest buffers, each named by its JAX operation.
+    sizes = [b.bytes for b in report.largest]
+    assert len(sizes) == 5 and sizes == sorted(sizes, reverse=True)
+    assert sizes[0] <= max(report.temp_bytes, report.argument_bytes)
+    assert {b.kind for b in report.largest} <= {"argument", "output", "temporary"}
+    assert all(b.op_name.startswith("jit(step_fn)") for b in report.largest)
 
 
 @pytest.mark.parametrize("topology", ["v5e-4", "v6e-4"])

@@ -1,6 +1,8 @@
 """Imported Hugging Face models give transformers' logits and greedy generations."""
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 import torch
 
@@ -76,3 +78,29 @@ def test_the_run_config_names_the_context_and_the_tokenizer(tmp_path_factory):
   assert run.config.train.seq_len == hf_models.CONTEXT
   assert run.config.data.tokenizer.endswith("/hf/tokenizer.json")
   assert run.tokenizer().eos_id == 2 and run.phase == "pretrain"
+
+
+def _train(config, workdir, **checkpoint_keys):
+  from drope_jax import trainer  # pylint: disable=g-import-not-at-top
+  config = config.copy_and_resolve_references()
+  config.train.update(steps=2, warmup_steps=1, batch_size=8, log_every=1, eval_every=100)
+  config.checkpoint.update(checkpoint_keys)
+  trainer.Trainer(config, str(workdir)).run()
+  with ocp.StandardCheckpointer() as checkpointer:
+    return checkpointer.restore(f"{workdir}/checkpoints/2/state")
+
+
+def test_the_import_holds_no_optimizer_state_and_trains_as_a_branch_from_it(
+    tmp_path_factory):
+  """A fresh AdamW state is zeros: the import writes params only, and a run resuming
+  the imported workdir makes the fresh state, as one branched from it does."""
+  _, _, source = imported("qwen2", tmp_path_factory)
+  workdir = tmp_path_factory.mktemp("trained_in_place")
+  config = import_dir(source, workdir)
+  with ocp.StandardCheckpointer() as checkpointer:
+    saved = checkpointer.metadata(f"{workdir}/checkpoints/0/state").item_metadata.tree
+  assert saved["opt_state"] is None and jax.tree.leaves(saved["params"])
+  branched = _train(config, tmp_path_factory.mktemp("branch"), init_from=str(workdir))
+  in_place = _train(config, workdir)
+  assert int(in_place["opt_state"]["count"]) == 2
+  jax.tree.map(np.testing.assert_array_equal, in_place, branched)

@@ -40,12 +40,13 @@ def _fwd_and_grads(fn, q, k, v, cotangent):
 
 
 @functools.partial(jax.jit, static_argnames=('impl', 'chunk_size', 'splash_block_sizes',
-                                             'mesh'))
+                                             'splash_fused_bwd', 'mesh'))
 def _run(q, k, v, segment_ids, cotangent, *, impl, chunk_size=512, splash_block_sizes='',
-         mesh=None):
+         splash_fused_bwd=True, mesh=None):
   fn = functools.partial(kernels.attention, impl=impl, scale=SCALE,
                          segment_ids=segment_ids, chunk_size=chunk_size,
-                         splash_block_sizes=splash_block_sizes, mesh=mesh)
+                         splash_block_sizes=splash_block_sizes,
+                         splash_fused_bwd=splash_fused_bwd, mesh=mesh)
   return _fwd_and_grads(fn, q, k, v, cotangent)
 
 
@@ -172,12 +173,22 @@ def test_splash_fused_backward_with_small_blocks_matches_xla(num_kv_heads, block
   _assert_matches_xla(*args, impl='splash', splash_block_sizes=blocks)
 
 
-def test_splash_backward_is_one_fused_kernel():
+@pytest.mark.parametrize('fused', [True, False])
+def test_splash_backward_is_one_fused_kernel_unless_turned_off(fused):
   q, k, v, segment_ids, cotangent = _inputs(1, 256, 4, 2, 8)
-  jaxpr = str(jax.make_jaxpr(functools.partial(_run, impl='splash'))(
+  jaxpr = str(jax.make_jaxpr(functools.partial(_run, impl='splash',
+                                               splash_fused_bwd=fused))(
       q, k, v, segment_ids, cotangent))
   assert 'splash_mha_fwd' in jaxpr and 'splash_mha_dkv' in jaxpr
-  assert 'splash_mha_dq' not in jaxpr  # dq comes out of the dkv kernel.
+  # Fused, dq comes out of the dkv kernel.
+  assert ('splash_mha_dq' in jaxpr) == (not fused)
+
+
+@pytest.mark.parametrize('num_kv_heads,segments', [(1, True), (2, False)])
+def test_splash_unfused_backward_matches_xla(num_kv_heads, segments):
+  args = _inputs(2, 256, 4, num_kv_heads, 8, segments=segments, seed=num_kv_heads)
+  _assert_matches_xla(*args, impl='splash', splash_fused_bwd=False,
+                      splash_block_sizes=_SMALL + ',q_dq=128,kv_dq=128')
 
 
 @pytest.mark.parametrize('chip', sorted(splash_blocks.TABLE))
@@ -318,3 +329,21 @@ def test_masked_attention_fully_masked_rows_are_zero():
   for grad in grads:
     assert np.isfinite(grad).all()
   np.testing.assert_array_equal(grads[0][:, 3], 0.0)
+
+
+@pytest.mark.parametrize('fused', [True, False])
+def test_the_model_key_chooses_the_splash_backward(fused):
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from drope_jax.model.positional import Positional  # pylint: disable=g-import-not-at-top
+  from tests import helpers  # pylint: disable=g-import-not-at-top
+  config = helpers.tiny_config('rope', attention='splash', splash_fused_bwd=fused,
+                               head_dim=128, n_layers=1)
+  model = helpers.build_model(config.model)
+  graphdef, params = nnx.split(model)
+  tokens_BS = jnp.zeros((1, 128), jnp.int32)
+
+  def loss(params):
+    return nnx.merge(graphdef, params)(tokens_BS, positional=Positional()).sum()
+
+  jaxpr = str(jax.make_jaxpr(jax.grad(loss))(params))
+  assert 'splash_mha_dkv' in jaxpr and ('splash_mha_dq' in jaxpr) == (not fused)

@@ -153,10 +153,10 @@ def import_model(hf_config: dict, tensors: Mapping[str, LazyTensor],
   placed = {ours: _place(es, tensors, targets[ours]) for ours, es in by_param.items()}
   params = jax.tree_util.tree_map_with_path(
       lambda p, _: placed[checkpoint.path_key(p)[:-1]], built.abstract_state.params)
-  with parallel.mesh_context(mesh):
-    opt_state = jax.jit(tx.init, out_shardings=built.state_shardings.opt_state)(params)
-    step = jax.device_put(jnp.zeros((), jnp.int32), built.state_shardings.step)
-  state = train_step.TrainState(step=step, params=params, opt_state=opt_state)
+  step = jax.device_put(jnp.zeros((), jnp.int32), built.state_shardings.step)
+  # AdamW's state would start at zero: it is made when a run resumes, not written here
+  # (it would hold and write twice the params' bytes again).
+  state = train_step.TrainState(step=step, params=params, opt_state=None)
 
   if jax.process_index() == 0:
     source = epath.Path(workdir) / SOURCE_DIR

@@ -46,6 +46,7 @@ class Attention(nnx.Module):
     self.impl = cfg.attention
     self.chunk_size = cfg.attention_chunk
     self.splash_block_sizes = cfg.splash_block_sizes
+    self.splash_fused_bwd = cfg.splash_fused_bwd
 
   def _project(self, x_BSE, positions_BS, positional):
     w = lambda p: p[...].astype(self.dtype)
@@ -71,7 +72,8 @@ class Attention(nnx.Module):
     out_BSHD = kernels.attention(
         q, k, v, impl=self.impl, scale=positional.logit_scale(q.shape[-1]),
         segment_ids=segment_ids_BS, chunk_size=self.chunk_size,
-        splash_block_sizes=self.splash_block_sizes)
+        splash_block_sizes=self.splash_block_sizes,
+        splash_fused_bwd=self.splash_fused_bwd)
     return layers.dense(out_BSHD, self.out_HDE[...].astype(self.dtype), contract=2)
 
   def decode(self, x_BSE, *, positions_BS, positional: Positional, cache, cache_index):

@@ -33,7 +33,8 @@ XLA_MAX_LEN = 2048
 
 
 def attention(q, k, v, *, impl: str = 'auto', scale: float, segment_ids=None,
-              chunk_size: int = 512, splash_block_sizes: str = '', mesh=None):
+              chunk_size: int = 512, splash_block_sizes: str = '',
+              splash_fused_bwd: bool = True, mesh=None):
   """Causal self-attention. q: [B, S, H, D]; k, v: [B, S, K, D] with K dividing H (GQA; K=1 is MQA).
 
   segment_ids: optional int32 [B, S]; tokens attend only within equal ids (ids are >=0;
@@ -46,6 +47,8 @@ def attention(q, k, v, *, impl: str = 'auto', scale: float, segment_ids=None,
     falls back to the CPU rule.
   splash_block_sizes: overrides of the splash block-size table (model.splash_block_sizes,
     see splash_blocks); '' = the table's sizes for this chip and length.
+  splash_fused_bwd: dq, dk and dv from one backward kernel (model.splash_fused_bwd);
+    False: dq from a kernel of its own.
   mesh: optional jax.sharding.Mesh with axes ('data','fsdp','tensor'); splash runs inside
     jax.shard_map over batch (data+fsdp) and heads (tensor). If None, use the ambient mesh
     from jax.sharding.get_abstract_mesh() if it is non-empty, else run unsharded.
@@ -64,7 +67,7 @@ def attention(q, k, v, *, impl: str = 'auto', scale: float, segment_ids=None,
                               chunk_size=chunk_size)
   if impl == 'splash':
     return _splash_attention(q, k, v, segment_ids, scale=scale, mesh=mesh, device=device,
-                             block_sizes=splash_block_sizes)
+                             block_sizes=splash_block_sizes, fused_bwd=splash_fused_bwd)
   return _cudnn_attention(q, k, v, segment_ids, scale=scale, platform=platform)
 
 
@@ -282,7 +285,8 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 # ----------------------------------------------------------------------------------------
 
 
-def _splash_attention(q, k, v, segment_ids, *, scale, mesh, device, block_sizes):
+def _splash_attention(q, k, v, segment_ids, *, scale, mesh, device, block_sizes,
+                      fused_bwd):
   S = q.shape[1]
   if S % splash_blocks.LANES:
     raise ValueError(f"attention impl='splash' needs a sequence length divisible by "
@@ -290,7 +294,7 @@ def _splash_attention(q, k, v, segment_ids, *, scale, mesh, device, block_sizes)
   # The kernel does not scale logits; scale in float32 so bf16 q keeps scale exact.
   q = (q.astype(jnp.float32) * scale).astype(q.dtype)
   blocks = splash_blocks.choose(device.device_kind, S, block_sizes)
-  local = functools.partial(_splash_local, blocks=blocks,
+  local = functools.partial(_splash_local, blocks=blocks, fused_bwd=fused_bwd,
                             interpret=device.platform != 'tpu')
   mesh = _resolve_mesh(mesh)
   if mesh is None:
@@ -332,10 +336,11 @@ def _splash_sharded(local, q, k, v, segment_ids, mesh):
                        check_vma=False)(*args)
 
 
-def _splash_local(q_BSHD, k_BSKD, v_BSKD, segment_ids=None, *, blocks, interpret):
+def _splash_local(q_BSHD, k_BSKD, v_BSKD, segment_ids=None, *, blocks, fused_bwd,
+                  interpret):
   """Splash on arrays local to one device; q is pre-scaled."""
   _, S, H, _ = q_BSHD.shape
-  kernel = _make_splash_kernel(H, S, blocks, interpret)
+  kernel = _make_splash_kernel(H, S, blocks, fused_bwd, interpret)
   q_BHSD = jnp.swapaxes(q_BSHD, 1, 2)
   k_BKSD = jnp.swapaxes(k_BSKD, 1, 2)
   v_BKSD = jnp.swapaxes(v_BSKD, 1, 2)
@@ -347,16 +352,19 @@ def _splash_local(q_BSHD, k_BSKD, v_BSKD, segment_ids=None, *, blocks, interpret
   return jnp.swapaxes(out_BHSD, 1, 2)
 
 
-def _make_splash_kernel(num_heads, seq_len, blocks, interpret):
+def _make_splash_kernel(num_heads, seq_len, blocks, fused_bwd, interpret):
   """A causal splash kernel for one example [H, S, D]; its GQA maps h -> h // (H/K).
 
   The fused backward computes dq, dk and dv in one kernel (one pass over the blocks
-  instead of two), at the cost of S / kv_dkv partial dq copies summed afterwards.
+  instead of two), at the cost of S / kv_dkv partial dq copies summed afterwards;
+  unfused, dq has a kernel of its own.
   """
   block_sizes = splash.BlockSizes(
       block_q=blocks.q, block_kv=blocks.kv, block_kv_compute=blocks.kv_compute,
       block_q_dkv=blocks.q_dkv, block_kv_dkv=blocks.kv_dkv,
-      block_kv_dkv_compute=blocks.kv_dkv_compute, use_fused_bwd_kernel=True)
+      block_kv_dkv_compute=blocks.kv_dkv_compute,
+      block_q_dq=None if fused_bwd else blocks.q_dq,
+      block_kv_dq=None if fused_bwd else blocks.kv_dq, use_fused_bwd_kernel=fused_bwd)
   mask = splash.MultiHeadMask([splash.CausalMask((seq_len, seq_len))] * num_heads)
   return splash.make_splash_mha(
       mask, block_sizes=block_sizes, head_shards=1, q_seq_shards=1,

@@ -5,6 +5,8 @@ HBM to VMEM, `kv_compute` the slice of a kv tile one inner step works on. The fu
 backward (dq, dk and dv in one kernel) has its own `q_dkv`, `kv_dkv`, `kv_dkv_compute`.
 Larger blocks mean fewer grid steps (less per-step overhead) but more wasted work on the
 causal diagonal, more VMEM, and (fused backward) S / kv_dkv partial dq copies in HBM.
+`model.splash_fused_bwd=False` computes dq in a kernel of its own instead (`q_dq`,
+`kv_dq` blocks): one more pass over the blocks, no partial dq copies.
 
 `model.splash_block_sizes` overrides any of them by name, e.g.
 "q=1024,kv=1024,kv_compute=512"; unnamed ones come from the table. Table sizes shrink
@@ -29,15 +31,18 @@ class Blocks:
   q_dkv: int
   kv_dkv: int
   kv_dkv_compute: int  # divides kv_dkv.
+  q_dq: int            # the unfused backward's dq kernel.
+  kv_dq: int
 
 
 NAMES = tuple(f.name for f in dataclasses.fields(Blocks))
 # The block a *_compute size subdivides (its field comes first, so it is chosen first).
 _WITHIN = {"kv_compute": "kv", "kv_dkv_compute": "kv_dkv"}
 
-_B512 = Blocks(q=512, kv=512, kv_compute=512, q_dkv=512, kv_dkv=512, kv_dkv_compute=512)
+_B512 = Blocks(q=512, kv=512, kv_compute=512, q_dkv=512, kv_dkv=512, kv_dkv_compute=512,
+               q_dq=512, kv_dq=512)
 _B1024 = Blocks(q=1024, kv=1024, kv_compute=512, q_dkv=1024, kv_dkv=1024,
-                kv_dkv_compute=512)
+                kv_dkv_compute=512, q_dq=1024, kv_dq=1024)
 
 # Chip (flops.chip_name of the device kind) -> ((shortest sequence length, blocks), ...),
 # ascending; a sequence gets the last row it reaches. 512 is MaxText's default

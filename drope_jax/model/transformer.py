@@ -48,6 +48,7 @@ class ModelConfig:
   rope_low_freq_factor: float = 1.0
   rope_high_freq_factor: float = 4.0
   splash_block_sizes: str = ""
+  splash_fused_bwd: bool = True
 
   @classmethod
   def from_config(cls, model_config) -> "ModelConfig":

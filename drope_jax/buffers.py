@@ -1,0 +1,106 @@
+"""The largest buffers of a compiled program, from XLA's buffer-assignment dump.
+
+XLA's memory analysis gives totals (arguments, outputs, temporaries); where they go is
+in its buffer assignment, which it writes when asked to dump the program (compiler
+option `xla_dump_to`, for this compile only). `compile_and_list` reads the values it
+places in device memory (the default memory space) and returns the largest, each with
+its shape and the JAX operation that made it (the HLO's op_name metadata).
+"""
+
+import dataclasses
+import pathlib
+import re
+import tempfile
+
+_ALLOCATION = re.compile(r"^allocation \d+: size \d+(?:, color (\d+))?, (.*):$")
+_VALUE = re.compile(r"^ value: <\d+ (\S+) @\d+> \(size=(\d+),offset=\d+\): (\S+)")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?(\S+) = ")
+_OP_NAME = re.compile(r"metadata=\{op_name=\"([^\"]*)\"")
+# Instructions that only move or view a buffer: they take their operand's op_name.
+_FORWARD = re.compile(r" (?:copy-start|copy|bitcast|get-tuple-element)\(%?([^,)\s]+)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Buffer:
+  bytes: int
+  kind: str     # argument | output | temporary
+  shape: str    # without its layout, e.g. bf16[2,256,8,128]
+  name: str     # the HLO instruction that defines it.
+  op_name: str  # the JAX operation behind it; '' when XLA made it.
+
+
+def compile_and_list(lowered, top: int = 5):
+  """(the compiled program, its `top` largest device-memory buffers)."""
+  with tempfile.TemporaryDirectory() as dump:
+    compiled = lowered.compile(compiler_options={"xla_dump_to": dump})
+    return compiled, largest(pathlib.Path(dump), top)
+
+
+def largest(dump: pathlib.Path, top: int = 5) -> list[Buffer]:
+  """The `top` largest buffers in the buffer assignment dumped under `dump` (of its
+  largest program: the dump may hold small helper programs too)."""
+  assignments = sorted(dump.glob("*after_optimizations-buffer-assignment.txt"),
+                       key=lambda p: p.stat().st_size)
+  if not assignments:
+    return []
+  assignment = assignments[-1]
+  hlo = assignment.with_name(assignment.name.replace("-buffer-assignment", ""))
+  op_names = _op_names(hlo) if hlo.exists() else {}
+  buffers, kind = {}, None
+  for line in assignment.read_text().splitlines():
+    if line.startswith("allocation "):
+      kind = _kind(line)
+      continue
+    value = _VALUE.match(line)
+    if value and kind:
+      # A tuple's element is named `instruction{index}`.
+      name, size, shape = value[1], int(value[2]), value[3].split("{")[0]
+      if size > buffers.get(name, Buffer(0, "", "", "", "")).bytes:
+        buffers[name] = Buffer(size, kind, shape, name,
+                               op_names.get(name.split("{")[0], ""))
+  return sorted(buffers.values(), key=lambda b: -b.bytes)[:top]
+
+
+def _kind(allocation_line: str) -> str | None:
+  """argument / output / temporary for an allocation in device memory, else None
+  (other memory spaces, thread-local scalars, constants)."""
+  match = _ALLOCATION.match(allocation_line)
+  if not match or (match[1] or "0") != "0":
+    return None
+  what = match[2]
+  if what.startswith("parameter"):
+    return "argument"
+  if what.startswith("output"):
+    return "output"
+  if "preallocated-temp" in what:
+    return "temporary"
+  return None
+
+
+def _op_names(hlo: pathlib.Path) -> dict[str, str]:
+  """Instruction -> op_name; a copy XLA added (a prefetch, a layout change) takes its
+  operand's."""
+  names, copied_from, current = {}, {}, None
+  with open(hlo) as f:
+    for line in f:  # an instruction may span lines (a kernel's backend config).
+      if start := _INSTRUCTION.match(line):
+        current = start[1]
+        if forward := _FORWARD.search(line):
+          copied_from[current] = forward[1]
+      if current and current not in names and (op_name := _OP_NAME.search(line)):
+        names[current] = op_name[1]
+  for name, source in copied_from.items():
+    for _ in range(8):  # a chain of copies.
+      source = copied_from.get(source, source)
+    if source in names:
+      names[name] = names[source]
+  return names
+
+
+def describe(buffer: Buffer, width: int = 90) -> str:
+  """'1.50 GiB temporary bf16[...] fusion.12 (jit(step_fn)/.../dot_general)'."""
+  size = (f"{buffer.bytes / 2**30:.2f} GiB" if buffer.bytes >= 2**30 // 10
+          else f"{buffer.bytes / 2**20:.1f} MiB")
+  op = buffer.op_name if len(buffer.op_name) <= width else "..." + buffer.op_name[-width:]
+  return f"{size:>10} {buffer.kind:<9} {buffer.shape} {buffer.name}" + (
+      f" ({op})" if op else "")
