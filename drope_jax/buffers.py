@@ -12,8 +12,8 @@ import pathlib
 import re
 import tempfile
 
-_ALLOCATION = re.compile(r"^allocation \d+: size \d+(?:, color (\d+))?, (.*):$")
-_VALUE = re.compile(r"^ value: <\d+ (\S+) @\d+> \(size=(\d+),offset=\d+\): (\S+)")
+_ALLOCATION = re.compile(r"^allocation (\d+): size \d+(?:, color (\d+))?, (.*):$")
+_VALUE = re.compile(r"^ value: <\d+ (\S+) @\d+> \(size=(\d+),offset=(\d+)\): (\S+)")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?(\S+) = ")
 _OP_NAME = re.compile(r"metadata=\{op_name=\"([^\"]*)\"")
 # Instructions that only move or view a buffer: they take their operand's op_name.
@@ -27,6 +27,7 @@ class Buffer:
   shape: str    # without its layout, e.g. bf16[2,256,8,128]
   name: str     # the HLO instruction that defines it.
   op_name: str  # the JAX operation behind it; '' when XLA made it.
+  others: int = 0  # values that occupy the same bytes at other times.
 
 
 def compile_and_list(lowered, top: int = 5):
@@ -38,7 +39,12 @@ def compile_and_list(lowered, top: int = 5):
 
 def largest(dump: pathlib.Path, top: int = 5) -> list[Buffer]:
   """The `top` largest buffers in the buffer assignment dumped under `dump` (of its
-  largest program: the dump may hold small helper programs too)."""
+  largest program: the dump may hold small helper programs too).
+
+  A buffer is a range of device memory: values that XLA places in the same range at
+  different times (a loop's state and its initial value, say) are one buffer, named
+  by the first value XLA lists there.
+  """
   assignments = sorted(dump.glob("*after_optimizations-buffer-assignment.txt"),
                        key=lambda p: p.stat().st_size)
   if not assignments:
@@ -46,35 +52,40 @@ def largest(dump: pathlib.Path, top: int = 5) -> list[Buffer]:
   assignment = assignments[-1]
   hlo = assignment.with_name(assignment.name.replace("-buffer-assignment", ""))
   op_names = _op_names(hlo) if hlo.exists() else {}
-  buffers, kind = {}, None
+  buffers, allocation, kind = {}, None, None  # (allocation, offset, size) -> Buffer.
   for line in assignment.read_text().splitlines():
     if line.startswith("allocation "):
-      kind = _kind(line)
+      allocation, kind = _kind(line)
       continue
     value = _VALUE.match(line)
     if value and kind:
       # A tuple's element is named `instruction{index}`.
-      name, size, shape = value[1], int(value[2]), value[3].split("{")[0]
-      if size > buffers.get(name, Buffer(0, "", "", "", "")).bytes:
-        buffers[name] = Buffer(size, kind, shape, name,
-                               op_names.get(name.split("{")[0], ""))
+      name, size, offset, shape = value[1], int(value[2]), value[3], value[4]
+      where = (allocation, offset, size)
+      if where in buffers:
+        buffers[where] = dataclasses.replace(buffers[where],
+                                             others=buffers[where].others + 1)
+      else:
+        buffers[where] = Buffer(size, kind, shape.split("{")[0], name,
+                                op_names.get(name.split("{")[0], ""))
   return sorted(buffers.values(), key=lambda b: -b.bytes)[:top]
 
 
-def _kind(allocation_line: str) -> str | None:
-  """argument / output / temporary for an allocation in device memory, else None
-  (other memory spaces, thread-local scalars, constants)."""
+def _kind(allocation_line: str) -> tuple[str | None, str | None]:
+  """(allocation number, argument / output / temporary) for an allocation in device
+  memory; the kind is None for others (other memory spaces, thread-local scalars,
+  constants)."""
   match = _ALLOCATION.match(allocation_line)
-  if not match or (match[1] or "0") != "0":
-    return None
-  what = match[2]
+  if not match or (match[2] or "0") != "0":
+    return None, None
+  number, what = match[1], match[3]
   if what.startswith("parameter"):
-    return "argument"
+    return number, "argument"
   if what.startswith("output"):
-    return "output"
+    return number, "output"
   if "preallocated-temp" in what:
-    return "temporary"
-  return None
+    return number, "temporary"
+  return number, None
 
 
 def _op_names(hlo: pathlib.Path) -> dict[str, str]:
@@ -102,5 +113,7 @@ def describe(buffer: Buffer, width: int = 90) -> str:
   size = (f"{buffer.bytes / 2**30:.2f} GiB" if buffer.bytes >= 2**30 // 10
           else f"{buffer.bytes / 2**20:.1f} MiB")
   op = buffer.op_name if len(buffer.op_name) <= width else "..." + buffer.op_name[-width:]
-  return f"{size:>10} {buffer.kind:<9} {buffer.shape} {buffer.name}" + (
+  others = (f" (and {buffer.others} other value{'s' * (buffer.others > 1)} at other "
+            "times)" if buffer.others else "")
+  return f"{size:>10} {buffer.kind:<9} {buffer.shape} {buffer.name}{others}" + (
       f" ({op})" if op else "")

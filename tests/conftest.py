@@ -11,10 +11,16 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 @pytest.fixture(scope="session", autouse=True)
 def _shared_compilation_cache(tmp_path_factory):
-  """The commands tests run share one persistent compilation cache per test worker: a
-  train or evaluate of a config another test already ran loads its programs instead of
-  compiling them. Set after collection, so this process's own JAX is unaffected; the
-  tests of the cache itself take it out of their environment."""
+  """The commands tests run share one persistent compilation cache (across pytest-xdist
+  workers too: JAX writes its entries atomically): a train or evaluate of a config
+  another test already ran loads its programs instead of compiling them. Set after
+  collection, so this process's own JAX is unaffected; the tests of the cache itself
+  take it out of their environment."""
+  session_dir = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    session_dir = session_dir.parent  # the workers' basetemps share this parent.
+  cache = session_dir / "jax_cache"
+  cache.mkdir(exist_ok=True)
   with pytest.MonkeyPatch.context() as patch:
-    patch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jax_cache")))
+    patch.setenv("JAX_COMPILATION_CACHE_DIR", str(cache))
     yield

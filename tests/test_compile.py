@@ -91,7 +91,8 @@ def test_both_phases_compile_with_splash_kernels_and_a_consistent_memory_report(
     assert len(sizes) == 5 and sizes == sorted(sizes, reverse=True)
     assert sizes[0] <= max(report.temp_bytes, report.argument_bytes)
     assert {b.kind for b in report.largest} <= {"argument", "output", "temporary"}
-    assert all(b.op_name.startswith("jit(step_fn)") for b in report.largest)
+    temporaries = [b for b in report.largest if b.kind == "temporary"]
+    assert temporaries and all(b.op_name.startswith("jit(step_fn)") for b in temporaries)
 
 
 @pytest.mark.parametrize("topology", ["v5e-4", "v6e-4"])
