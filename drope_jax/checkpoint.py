@@ -344,9 +344,6 @@ class Checkpointer:
     check_layout(meta, str(path.parent))
     targets = {path_key(p): leaf
                for p, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
-    if "opt_state" in parts and meta.get(FRESH_OPTIMIZER):
-      raise ValueError(f"{path.parent} holds no optimizer state (its optimizer starts "
-                       "fresh, as an imported model's does)")
     with ocp.PyTreeCheckpointer() as checkpointer:
       saved = checkpointer.metadata(path).item_metadata.tree
 

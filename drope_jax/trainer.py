@@ -276,7 +276,7 @@ class Trainer:
     except ValueError as e:
       raise config_lib.ConfigError(
           f"checkpoint.init_from={c.init_from} (step {step}): {e}"
-          + ("; drop checkpoint.init_optimizer to start the optimizer fresh"
+          + (". Its optimizer differs: drop checkpoint.init_optimizer"
              if c.init_optimizer else "")) from e
     finally:
       source.close()
@@ -314,6 +314,11 @@ class Trainer:
       meta = source.read_meta(step)
     finally:
       source.close()
+    if c.init_optimizer and meta.get(checkpoint.FRESH_OPTIMIZER):
+      raise config_lib.ConfigError(
+          f"checkpoint.init_from={c.init_from} (step {step}) holds no optimizer state "
+          "(its optimizer starts fresh, as an imported model's does): drop "
+          "checkpoint.init_optimizer")
     diffs = architecture_mismatch(meta["config"]["model"], self.config.model,
                                   new_qk_norm_ok=True)
     if diffs:

@@ -104,3 +104,15 @@ def test_the_import_holds_no_optimizer_state_and_trains_as_a_branch_from_it(
   in_place = _train(config, workdir)
   assert int(in_place["opt_state"]["count"]) == 2
   jax.tree.map(np.testing.assert_array_equal, in_place, branched)
+
+
+def test_taking_an_imports_optimizer_state_is_refused_before_compiling(tmp_path_factory):
+  from drope_jax import errors  # pylint: disable=g-import-not-at-top
+  from drope_jax import trainer  # pylint: disable=g-import-not-at-top
+  _, run, _ = imported("qwen2", tmp_path_factory)
+  config = run.config.copy_and_resolve_references()
+  config.checkpoint.update(init_from=run.workdir, init_optimizer=True)
+  workdir = tmp_path_factory.mktemp("refused") / "run"
+  with pytest.raises(errors.BadInput, match="holds no optimizer state"):
+    trainer.Trainer(config, str(workdir))
+  assert not workdir.exists()
