@@ -39,6 +39,16 @@ def test_chunked_long_evaluation_equals_the_xla_full_pass():
   np.testing.assert_allclose(xla.loss_by_position, expected.mean(0), rtol=1e-5)
 
 
+def test_losses_computed_a_chunk_of_positions_at_a_time_equal_the_whole_window():
+  model = helpers.build_model(helpers.tiny_config("rope").model)
+  tokens_BS = np.random.default_rng(1).integers(0, 64, (2, 49)).astype(np.int32)
+  x_BSE = model.hidden(tokens_BS[:, :-1], positional=ROPE)
+  whole = perplexity.position_losses(model.logits, x_BSE, tokens_BS[:, 1:], 0)
+  chunked = perplexity.position_losses(model.logits, x_BSE, tokens_BS[:, 1:], 16)
+  assert chunked.shape == (2, 48)
+  np.testing.assert_allclose(chunked, whole, rtol=1e-6)
+
+
 def test_windows_cover_the_same_text_at_every_length_and_predict_each_token_once():
   stream = np.arange(1000, dtype=np.int32)
   short, long = heldout.windows(stream, 100, 99), heldout.windows(stream, 400, 99)
