@@ -48,7 +48,7 @@ def run(args, out: str, runner) -> list[str]:
   if not os.path.exists(reference_path):
     print("[transformers] the source model on the same windows", flush=True)
     with open(reference_path, "w") as f:
-      json.dump(_transformers_reference(args, base, context), f, indent=1)
+      json.dump(transformers_reference(args.gguf, base, args.eval_data), f, indent=1)
   with open(reference_path) as f:
     reference = json.load(f)
   ours = {m: _read(evaluated("perplexity", m)) for m in METHODS}
@@ -70,8 +70,10 @@ def _read(path: str) -> dict | None:
     return json.load(f)
 
 
-def _transformers_reference(args, base: str, context: int) -> dict:
-  """Perplexity of transformers' model on drope_jax's own windows, per method/length."""
+def transformers_reference(gguf: str, base: str, eval_data: str,
+                           methods=METHODS) -> dict:
+  """Perplexity of transformers' model (loaded from `gguf`) on the windows drope_jax's
+  `evaluate` scores for the imported run `base`, per method (of HF_ROPE) and length."""
   # pylint: disable=g-import-not-at-top
   import torch
   import transformers
@@ -80,16 +82,18 @@ def _transformers_reference(args, base: str, context: int) -> dict:
   from drope_jax.eval import loading
   # pylint: enable=g-import-not-at-top
   run = loading.load_run(base)
-  stream = heldout.token_stream(run.config, 2 * context + 1, eval_data=args.eval_data)
+  context = run.train_len
+  stream = heldout.token_stream(run.config, 2 * context + 1, eval_data=eval_data)
   prefix = framing.window_prefix(run.framing, run.tokenizer())
   started = time.perf_counter()
   model = transformers.AutoModelForCausalLM.from_pretrained(
-      os.path.dirname(args.gguf), gguf_file=os.path.basename(args.gguf),
+      os.path.dirname(gguf), gguf_file=os.path.basename(gguf),
       dtype=torch.float32, attn_implementation="sdpa").eval()
   result = dict(load_seconds=time.perf_counter() - started, torch=torch.__version__,
                 transformers=transformers.__version__, threads=torch.get_num_threads())
   theta = model.config.rope_parameters["rope_theta"]
-  for method, scaling in HF_ROPE.items():
+  for method in methods:
+    scaling = HF_ROPE[method]
     scaled = dict(scaling or dict(rope_type="default"), rope_theta=theta)
     if scaling is not None:
       scaled["original_max_position_embeddings"] = context

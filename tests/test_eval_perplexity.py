@@ -1,9 +1,11 @@
 """Perplexity vs length: kernels agree, windows and buckets are what they claim."""
 
 import dataclasses
+import functools
 
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 
 from drope_jax.eval import heldout
@@ -47,6 +49,27 @@ def test_losses_computed_a_chunk_of_positions_at_a_time_equal_the_whole_window()
   chunked = perplexity.position_losses(model.logits, x_BSE, tokens_BS[:, 1:], 16)
   assert chunked.shape == (2, 48)
   np.testing.assert_allclose(chunked, whole, rtol=1e-6)
+
+
+@pytest.mark.parametrize("attention", ["xla", "chunked"])
+def test_a_temperature_passed_as_an_argument_equals_a_static_one_in_one_program(
+    attention):
+  config = helpers.tiny_config("nope", attention=attention, attention_chunk=16).model
+  mesh = helpers.mesh()
+  graphdef, params = nnx.split(helpers.build_model(config, on_mesh=mesh), nnx.Param)
+  stream = np.random.default_rng(2).integers(0, 64, 3 * 48 + 1).astype(np.int32)
+  windows = heldout.windows(stream, 48, 3)
+  nope = Positional("nope")
+  loss_fn = perplexity.make_loss_fn(graphdef, nope)
+  for beta in (0.7, 1.0, 1.6):
+    static = perplexity.evaluate(graphdef, params, windows, mesh=mesh, batch_size=2,
+                                 positional=nope.with_temperature(beta))
+    traced = perplexity.evaluate(
+        graphdef, params, windows, mesh=mesh, batch_size=2, positional=nope,
+        loss_fn=functools.partial(loss_fn, temperature=np.float32(beta)))
+    np.testing.assert_allclose(traced.loss_by_position, static.loss_by_position,
+                               rtol=1e-5)
+  assert loss_fn._cache_size() == 1  # pylint: disable=protected-access
 
 
 def test_windows_cover_the_same_text_at_every_length_and_predict_each_token_once():

@@ -11,6 +11,7 @@ SMALL = ["--config.train.log_every=1", "--config.train.warmup_steps=1", "--confi
          "--config.train.eval_every=2", "--config.train.batch_size=8",
          "--config.train.seq_len=32", "--config.model.d_model=32",
          "--config.model.d_ff=64", "--config.model.head_dim=8",
+         "--config.model.n_layers=2",
          "--config.train.eval_batches=1", "--config.data.task.pairs=1",
          "--config.data.task.span=4"]
 
@@ -59,7 +60,7 @@ def test_a_short_rung_grid_writes_its_report(tmp_path):
   assert list(states) == ["RoPE", "RoPE weights, RoPE dropped",
                           "DroPE (87.5%), recalibrated"]
   for state in states.values():
-    assert len(state["previous_token"]) == len(state["induction"]) == 4  # layers.
+    assert len(state["previous_token"]) == len(state["induction"]) == 2  # layers.
     assert all(0 <= v <= 1 for v in state["previous_token"] + state["induction"])
   assert "## Where the heads look" in report
   for png in ("learning_curves.png", "accuracy_vs_length.png", "recovery.png",

@@ -44,10 +44,12 @@ LOSS_CHUNK = 512
 
 
 def make_loss_fn(graphdef, positional: Positional):
-  """A jitted (params, inputs_BS, targets_BS, row_weights_B) -> summed loss per position [S]."""
-  def position_loss_sums(params, inputs_BS, targets_BS, row_weights_B):
+  """A jitted (params, inputs_BS, targets_BS, row_weights_B, temperature=None) -> summed
+  loss per position [S]. A `temperature` (a scalar array) replaces the positional
+  mode's beta without a new program: the temperature fit tries its grid on one."""
+  def position_loss_sums(params, inputs_BS, targets_BS, row_weights_B, temperature=None):
     model = nnx.merge(graphdef, params)
-    x_BSE = model.hidden(inputs_BS, positional=positional)
+    x_BSE = model.hidden(inputs_BS, positional=positional.with_temperature(temperature))
     losses_BS = position_losses(model.logits, x_BSE, targets_BS, LOSS_CHUNK)
     return jnp.sum(losses_BS * row_weights_B[:, None], axis=0)
 
@@ -83,9 +85,10 @@ def batches(windows_NL1: np.ndarray, batch_size: int):
 
 def evaluate(graphdef, params, windows_NL1: np.ndarray, *, positional: Positional,
              mesh, batch_size: int,
-             progress: Callable[[str], None] | None = None) -> Result:
-  """Mean loss of the model over all windows, and by position."""
-  loss_fn = make_loss_fn(graphdef, positional)
+             progress: Callable[[str], None] | None = None, loss_fn=None) -> Result:
+  """Mean loss of the model over all windows, and by position (with `loss_fn`, a
+  `make_loss_fn` function, when given: its program is reused)."""
+  loss_fn = loss_fn or make_loss_fn(graphdef, positional)
   length = windows_NL1.shape[1] - 1
   sums_S = np.zeros(length, np.float64)
   started = time.perf_counter()

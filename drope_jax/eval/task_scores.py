@@ -52,10 +52,12 @@ class Scores:
 
 
 def make_predict_fn(graphdef, positional: Positional):
-  """A jitted (params, tokens_BT) -> (the argmax next token [B, T], the cross-entropy
-  of each actual next token [B, T]; the last position's is 0)."""
-  def predict(params, tokens_BT):
-    logits_BTV = nnx.merge(graphdef, params)(tokens_BT, positional=positional)
+  """A jitted (params, tokens_BT, temperature=None) -> (the argmax next token [B, T],
+  the cross-entropy of each actual next token [B, T]; the last position's is 0). A
+  `temperature` (a scalar array) replaces the positional mode's beta in one program."""
+  def predict(params, tokens_BT, temperature=None):
+    logits_BTV = nnx.merge(graphdef, params)(
+        tokens_BT, positional=positional.with_temperature(temperature))
     losses_BT = optax.softmax_cross_entropy_with_integer_labels(
         logits_BTV[:, :-1], tokens_BT[:, 1:])
     return (jnp.argmax(logits_BTV, axis=-1).astype(jnp.int32),

@@ -1,17 +1,18 @@
 """Fits c of the long-context softmax temperature beta = 1 + c ln(s) (s = L / train_len).
 
 A coarse grid over [0, 1] then a fine grid around its best point, minimising held-out
-loss at the target length. Each point is one evaluation (and one compilation: beta
-is static in the positional mode), so the grid is kept short. `fit_and_write` is
+loss at the target length. Each point is one evaluation of one compiled program (beta
+is passed to it as an argument). `fit_and_write` is
 `evaluate --fit_temperature`: it fits a NoPE checkpoint's c into W/eval/temperature.json,
 where methods.saved_c finds it for the 'temperature' method. A run trained on one
 synthetic task alone has no prose: its c minimises the loss of task answers instead.
 """
 
-import dataclasses
+import functools
 import math
 from collections.abc import Callable
 
+import jax.numpy as jnp
 import numpy as np
 
 from drope_jax.data import framing
@@ -79,15 +80,19 @@ def fit_and_write(run: loading.Run, multiple: float, options: api.Options,
                               framing.window_prefix(run.framing, run.tokenizer()))
     say(f"fitting c at length {length} on {windows.size - len(windows)} tokens ({kernel})")
 
+  # One program for the whole grid: beta is an argument, not part of the static mode.
+  predict_fn = task_scores.make_predict_fn(graphdef, base)
+  loss_fn = perplexity.make_loss_fn(graphdef, base)
+
   def loss_at(c):
-    beta = rope_scaling.softmax_temperature(c, length, run.train_len)
-    positional = dataclasses.replace(base, temperature=beta)
+    beta = jnp.float32(rope_scaling.softmax_temperature(c, length, run.train_len))
     if task:
-      return task_scores.score(task_scores.make_predict_fn(graphdef, positional),
+      return task_scores.score(functools.partial(predict_fn, temperature=beta),
                                run.params, documents, mesh=run.mesh,
                                batch_size=batch_size).loss
     return perplexity.evaluate(graphdef, run.params, windows, mesh=run.mesh,
-                               positional=positional, batch_size=batch_size).loss
+                               positional=base, batch_size=batch_size,
+                               loss_fn=functools.partial(loss_fn, temperature=beta)).loss
 
   c, grid = fit(loss_at, progress=say)
   path = results.write_record(run, "temperature", dict(

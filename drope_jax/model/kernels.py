@@ -40,7 +40,7 @@ def attention(q, k, v, *, impl: str = 'auto', scale: float, segment_ids=None,
   segment_ids: optional int32 [B, S]; tokens attend only within equal ids (ids are >=0;
     0 = padding, treated as its own segment).
   scale: multiplies q·k logits (callers pass temperature/sqrt(D); kernels must not add
-    their own scaling).
+    their own scaling). A traced scale is applied to q instead.
   impl: auto | xla | chunked | splash | cudnn. auto: splash on TPU, cudnn on GPU, xla on
     CPU when S <= 2048 else chunked. Where splash or cudnn cannot take the call (splash:
     S % 128 != 0; cudnn: segment ids, dtype not bf16/fp16, D % 8 != 0 or D > 128), auto
@@ -55,6 +55,10 @@ def attention(q, k, v, *, impl: str = 'auto', scale: float, segment_ids=None,
   Returns [B, S, H, D] in q.dtype; softmax computed in float32.
   """
   _check_shapes(q, k, v, segment_ids)
+  if not isinstance(scale, (int, float)):
+    # A traced scale (a temperature being fitted) goes into q: every kernel below
+    # takes a static one.
+    q, scale = (q.astype(jnp.float32) * scale).astype(q.dtype), 1.0
   device = _target_device(mesh)
   platform = device.platform
   impl = _resolve_impl(impl, q, segment_ids, platform)

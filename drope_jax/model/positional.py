@@ -24,7 +24,9 @@ class Positional:
   scaling: str = "none"          # one of rope_scaling.METHODS (RoPE only).
   factor: float = 1.0            # s = evaluation length / training length.
   original_max_len: int = 0      # the training context length, for the scaling methods.
-  temperature: float = 1.0       # beta: multiplies every attention logit.
+  # beta: multiplies every attention logit. A traced scalar inside jit lets one program
+  # try many values (the temperature fit); a static float is the usual case.
+  temperature: float | jax.Array = 1.0
   low_freq_factor: float = 1.0   # llama3 only.
   high_freq_factor: float = 4.0  # llama3 only.
 
@@ -36,11 +38,15 @@ class Positional:
     if self.kind == "nope" and self.scaling != "none":
       raise ValueError("RoPE scaling applies to RoPE models only; NoPE models extend "
                        "with the softmax temperature instead")
-    if self.temperature <= 0:
+    if isinstance(self.temperature, (int, float)) and self.temperature <= 0:
       raise ValueError(f"temperature must be positive, got {self.temperature}")
 
-  def logit_scale(self, head_dim: int) -> float:
+  def logit_scale(self, head_dim: int) -> float | jax.Array:
     return self.temperature / math.sqrt(head_dim)
+
+  def with_temperature(self, temperature: float | jax.Array | None) -> "Positional":
+    """This mode with another beta (None: as it is)."""
+    return self if temperature is None else dataclasses.replace(self, temperature=temperature)
 
   def rotate(self, x_BSHD: jax.Array, positions_BS: jax.Array) -> jax.Array:
     """Applies the rotation for each token's position; the identity for NoPE."""
