@@ -69,7 +69,8 @@ def main():
   tokens = sum(theirs[f"rope@{n}"]["tokens"] for n in ours["lengths"])
   rows = ["| length | drope_jax perplexity | transformers perplexity |", "|---:|---:|---:|"]
   for length, perplexity in zip(ours["lengths"], ours["perplexity"]):
-    rows.append(f"| {length} | {perplexity:.3f} | {theirs[f'rope@{length}']['perplexity']:.3f} |")
+    theirs_perplexity = theirs[f"rope@{length}"]["perplexity"]
+    rows.append(f"| {length} | {perplexity:.3f} | {theirs_perplexity:.3f} |")
   lines = [
       "# Long-context evaluation speed", "",
       f"`python -m benchmarks.eval_speed --workdir={args.workdir} --gguf={args.gguf} "

@@ -35,6 +35,7 @@ from drope_jax import optim
 from drope_jax import parallel
 from drope_jax import plan as plan_lib
 from drope_jax import profiling
+from drope_jax import resume
 from drope_jax import train_step
 from drope_jax.data import pipeline
 from drope_jax.data import tasks as tasks_lib
@@ -85,42 +86,6 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-# Model keys that decide the parameter tree; a checkpoint only fits the same values.
-# (qk_norm may be added by init_from: new gains start at 1.)
-ARCHITECTURE_KEYS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads",
-                     "head_dim", "d_ff", "tie_embeddings", "qk_norm", "attention_bias")
-_WHOLE_PROJECTION_QK_NORMS = plan_lib.DROP_QK_NORMS
-
-
-def architecture_mismatch(saved: dict, model_config, *, new_qk_norm_ok: bool) -> list[str]:
-  """`model.KEY is A there and B here` for each architecture key that differs."""
-  diffs = []
-  for key in ARCHITECTURE_KEYS:
-    there, here = saved.get(key), model_config.get(key)
-    if key == "attention_bias":  # older runs lack the key: no biases.
-      there, here = bool(there), bool(here)
-    if (key == "qk_norm" and new_qk_norm_ok and there in _WHOLE_PROJECTION_QK_NORMS
-        and here in _WHOLE_PROJECTION_QK_NORMS
-        and set(there.replace("none", "")) <= set(here.replace("none", ""))):
-      continue
-    if there != here:
-      diffs.append(f"model.{key} is {there!r} there and {here!r} here")
-  return diffs
-
-
-def _changed_keys(saved: dict, current: dict, prefix: str = "") -> list[str]:
-  """`key: old -> new` for each config value that differs (JSON made tuples lists)."""
-  changed = []
-  for key in sorted(set(saved) | set(current)):
-    a, b = saved.get(key), current.get(key)
-    if isinstance(a, dict) and isinstance(b, dict):
-      changed += _changed_keys(a, b, f"{prefix}{key}.")
-    elif (list(a) if isinstance(a, (list, tuple)) else a) != (
-        list(b) if isinstance(b, (list, tuple)) else b):
-      changed.append(f"{prefix}{key}: {a!r} -> {b!r}")
-  return changed
-
-
 def _check_data(config):
   """The data sources and the tokenizer exist and fit the model's vocabulary."""
   pipeline.check(config.data, config.train.seq_len)
@@ -148,7 +113,6 @@ class Trainer:
     """`started`: when the process started (time.time()), for the restart-to-first-step
     line; default: now."""
     self._started = time.time() if started is None else started  # None once reported.
-    self._resume_changes = []  # config keys changed since the checkpoint resumed from.
     # Everything a run can be refused for is checked before anything is written.
     config_lib.validate(config)
     profile_steps = profiling.window(config.profile.steps, config.train.steps)
@@ -179,7 +143,8 @@ class Trainer:
     self.ckpt = checkpoint.Checkpointer(str(self.workdir / "checkpoints"),
                                         config.checkpoint, keep_steps=self.plan.drop_steps)
     if config.checkpoint.init_from and not self.ckpt.steps():
-      self._init_source()  # refused now, not after compiling init (a resume ignores it).
+      # Refused now, not after compiling init (a resume ignores it).
+      resume.init_source(config)
     # A gs:// workdir gets its metric files through a local mirror (see gcs.py).
     self.mirror = None
     if gcs.is_remote(workdir) and jax.process_index() == 0:
@@ -203,130 +168,33 @@ class Trainer:
 
   def _restore_or_init(self, data_iter):
     """The latest checkpoint of this workdir; else checkpoint.init_from; else init."""
+    changes = {}  # of the checkpoint used (others may have been tried).
+
+    def check(step, meta):
+      changes["keys"] = resume.check_resume(self.config, self.plan,
+                                            f"{self.ckpt.directory}/{step}", step, meta)
+
     step, state, meta = self.ckpt.restore_latest(
         lambda step: self.built[self.plan.of_checkpoint(step)].abstract_state, data_iter,
-        check_meta=self._check_resume)
+        check_meta=check)
     if state is not None:
       if state.opt_state is None:  # saved fresh (an import's step 0): make it again.
         built = self.built[self.plan.of_checkpoint(step)]
         with parallel.mesh_context(self.mesh):
           state = state.replace(opt_state=jax.jit(
               self.tx.init, out_shardings=built.state_shardings.opt_state)(state.params))
-      if self._resume_changes:  # of the checkpoint used (others may have been tried).
-        logging.warning("resuming with config changes: %s", "; ".join(self._resume_changes))
+      if changes["keys"]:
+        logging.warning("resuming with config changes: %s", "; ".join(changes["keys"]))
       self.writer.info(f"resumed from {self.ckpt.directory}/{step} "
                        f"(phase {meta['phase']}, {meta['tokens_seen']} tokens seen)")
       return state
     state = self._init_fn()
     if self.config.checkpoint.init_from:
-      state = self._init_from(state)
+      # init_from starts a run at step 0: its first phase.
+      state, line = resume.init_from(self.config, state,
+                                     self.built[self.plan.phases[0]].abstract_state)
+      self.writer.info(line)
     return state
-
-  def _check_resume(self, step: int, meta: dict):
-    """Refuses a checkpoint this config cannot continue; notes the changed keys."""
-    saved = meta["config"]
-    if step > self.config.train.steps:
-      raise config_lib.ConfigError(
-          f"{self.ckpt.directory}/{step} lies beyond train.steps="
-          f"{self.config.train.steps} (the run that wrote it had "
-          f"{saved['train']['steps']}): resume with --config.train.steps >= {step}, "
-          "or use a new --workdir")
-    drop_there, drop_here = saved["drope"]["drop_at_step"], self.config.drope.drop_at_step
-    # Only between two DroPE runs: a RoPE run's checkpoint may seed a DroPE run.
-    if (plan_lib.drops(saved["model"]["pos_emb"])
-        and plan_lib.drops(self.config.model.pos_emb) and drop_there != drop_here):
-      raise config_lib.ConfigError(
-          f"{self.ckpt.directory}/{step} belongs to a run that drops RoPE at step "
-          f"{drop_there}, not {drop_here}: its schedules and kept checkpoints follow "
-          f"that split. Resume with --config.drope.drop_at_step={drop_there}, or use a "
-          "new --workdir (with checkpoint.init_from to start from its weights)")
-    diffs = architecture_mismatch(saved["model"], self.config.model, new_qk_norm_ok=False)
-    if diffs:
-      raise config_lib.ConfigError(
-          f"{self.ckpt.directory}/{step} was written by another architecture: "
-          f"{'; '.join(diffs)}. Resume with its config, or use a new --workdir "
-          "(with --config.checkpoint.init_from to start from its weights)")
-    phase = self.plan.of_checkpoint(step)
-    # Checkpoints written before the plan kept its QK-norm have the config's.
-    there = (meta["phase"], meta.get("qk_norm", saved["model"]["qk_norm"]))
-    if there != (phase.name, phase.qk_norm):
-      raise config_lib.ConfigError(
-          f"{self.ckpt.directory}/{step} was written in phase {there[0]!r} with "
-          f"qk_norm {there[1]!r}; this config puts step {step} in {phase.name!r} with "
-          f"qk_norm {phase.qk_norm!r} (model.pos_emb={self.config.model.pos_emb}, "
-          f"drope.drop_at_step={self.config.drope.drop_at_step}, drope.qk_norm="
-          f"{self.config.drope.qk_norm}). Resume with the run's own model.pos_emb and "
-          "drope keys")
-    self._resume_changes = _changed_keys(saved, self.config.to_dict())
-
-  def _init_from(self, state):
-    """Starts from another run's checkpoint: its params (and optimizer state if asked).
-
-    The step, schedule and data stream are this run's own (they start at 0). Params
-    this model has and the source lacks (QK-norm gains added for recalibration) keep
-    their initial values (gains 1), and their AdamW moments start at zero.
-    """
-    c = self.config.checkpoint
-    directory, step = self._init_source()
-    source = checkpoint.Checkpointer(str(directory), c, read_only=True)
-    parts = ("params", "opt_state") if c.init_optimizer else ("params",)
-    first = self.built[self.plan.phases[0]]  # init_from starts a run at step 0.
-    try:
-      restored = source.restore_parts(step, first.abstract_state, parts)
-    except ValueError as e:
-      raise config_lib.ConfigError(
-          f"checkpoint.init_from={c.init_from} (step {step}): {e}"
-          + (". Its optimizer differs: drop checkpoint.init_optimizer"
-             if c.init_optimizer else "")) from e
-    finally:
-      source.close()
-    fresh = []
-
-    def take(path, value):
-      key = checkpoint.path_key(path)
-      if key[0] in parts and key not in restored:
-        fresh.append("/".join(key))
-      return restored.get(key, value)
-
-    state = jax.tree_util.tree_map_with_path(take, state)
-    self.writer.info(f"initialised from {directory}/{step} ({' and '.join(parts)}"
-                     + (f"; {len(fresh)} arrays new here, e.g. {fresh[0]}" if fresh
-                        else "") + ")")
-    return state
-
-  def _init_source(self) -> tuple[epath.Path, int]:
-    """checkpoint.init_from's checkpoint directory and step, checked to exist and to
-    hold this architecture (reading only its metadata)."""
-    c = self.config.checkpoint
-    directory = epath.Path(c.init_from)
-    if (directory / "checkpoints").exists():
-      directory = directory / "checkpoints"
-    source = checkpoint.Checkpointer(str(directory), c, read_only=True)
-    try:
-      steps = source.steps()
-      if not steps:
-        raise FileNotFoundError(f"checkpoint.init_from={c.init_from}: no checkpoints "
-                                "found (give a run's workdir or its checkpoints/ directory)")
-      step = c.init_step if c.init_step is not None else steps[-1]
-      if step not in steps:
-        raise FileNotFoundError(f"checkpoint.init_step={step} is not in {directory} "
-                                f"(available: {steps})")
-      meta = source.read_meta(step)
-    finally:
-      source.close()
-    if c.init_optimizer and meta.get(checkpoint.FRESH_OPTIMIZER):
-      raise config_lib.ConfigError(
-          f"checkpoint.init_from={c.init_from} (step {step}) holds no optimizer state "
-          "(its optimizer starts fresh, as an imported model's does): drop "
-          "checkpoint.init_optimizer")
-    diffs = architecture_mismatch(meta["config"]["model"], self.config.model,
-                                  new_qk_norm_ok=True)
-    if diffs:
-      raise config_lib.ConfigError(
-          f"checkpoint.init_from={c.init_from} (step {step}) is another architecture: "
-          f"{'; '.join(diffs)}. Set these model keys as in that run (only "
-          "model.qk_norm may add gains)")
-    return directory, step
 
   def _meta(self, step: int) -> dict:
     phase = self.plan.of_checkpoint(step)

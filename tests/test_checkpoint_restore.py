@@ -11,7 +11,7 @@ from absl import logging
 from drope_jax import checkpoint
 from drope_jax import optim
 from drope_jax import train_step
-from drope_jax import trainer
+from drope_jax import resume
 from tests import helpers
 
 
@@ -161,10 +161,10 @@ def test_a_saved_array_that_does_not_fit_is_named(three_checkpoints):
     ("q", "none", False), ("k", "q", False)])
 def test_init_from_may_only_add_qk_norm_gains(saved, here, ok):
   saved_model = dict(helpers.tiny_config(qk_norm=saved).model)
-  diffs = trainer.architecture_mismatch(saved_model, helpers.tiny_config(qk_norm=here).model,
+  diffs = resume.architecture_mismatch(saved_model, helpers.tiny_config(qk_norm=here).model,
                                         new_qk_norm_ok=True)
   assert (not diffs) == ok
-  assert trainer.architecture_mismatch(
+  assert resume.architecture_mismatch(
       saved_model, helpers.tiny_config(qk_norm=saved, d_model=48).model,
       new_qk_norm_ok=True) == ["model.d_model is 32 there and 48 here"]
 
