@@ -9,7 +9,6 @@ compile or has no `get_config`, and for an unknown `--config.x.y` key.
 """
 
 import ast
-import os
 import sys
 
 from absl import app
@@ -28,7 +27,7 @@ def fail(message: str):
   print(f"error: {message}", file=sys.stderr, flush=True)
   if distributed.is_multiprocess():
     # sys.exit would wait in jax's shutdown barrier for peers that may never arrive.
-    os._exit(BAD_INPUT)
+    distributed.exit_reporting(BAD_INPUT)
   sys.exit(BAD_INPUT)
 
 

@@ -9,14 +9,17 @@ No process may wait forever for a dead peer. A process that crashes exits at onc
 instead of waiting at the shutdown barrier, so its peers see it gone (a closed
 connection, or no heartbeat for DROPE_HEARTBEAT_TIMEOUT seconds) and abort too. An error
 the CLI reports (a bad config, a missing file, a non-finite loss) exits with status 2,
-also without the barrier, once the trainer has closed its checkpoints.
+also without the shutdown barrier, once the trainer has closed its checkpoints
+(`exit_reporting`).
 """
 
 import os
 import sys
+import time
 import traceback
 
 import jax
+from jax._src import distributed as jax_distributed  # the coordination client's barrier.
 
 _TIMEOUTS = {  # jax.distributed.initialize keyword: (environment variable, seconds).
     "initialization_timeout": ("DROPE_INIT_TIMEOUT", 300),
@@ -52,8 +55,34 @@ def initialize() -> None:
   sys.excepthook = _exit_on_crash
 
 
+# How long a process reporting an error waits for its peers to report theirs.
+EXIT_GRACE_SECONDS = 20
+
+
 def is_multiprocess() -> bool:
   return jax.process_count() > 1
+
+
+def exit_reporting(code: int):
+  """Exits with `code` after an error was reported, without jax's shutdown barrier.
+
+  An error every process meets (a config they all read) should end every process the
+  same way. Process 0 hosts the coordination service, and a peer still running when it
+  vanishes aborts with a fatal error instead of reporting its own. So the processes
+  first meet at a barrier of EXIT_GRACE_SECONDS (one that never comes, say after an
+  error of this host alone, is not waited for longer), and process 0 leaves last.
+  """
+  if is_multiprocess():
+    try:
+      jax_distributed.global_state.client.wait_at_barrier(
+          "drope_exit_reporting", EXIT_GRACE_SECONDS * 1000)
+      if jax.process_index() == 0:
+        time.sleep(1)  # the others' exits come first.
+    except Exception:  # pylint: disable=broad-except
+      pass  # a peer did not come: leave anyway.
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)
 
 
 def _exit_on_crash(exc_type, exc, tb):
