@@ -240,10 +240,13 @@ class Checkpointer:
 
   def read_meta(self, step: int) -> dict[str, Any]:
     """The metadata saved with `step` (without the fingerprints)."""
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        **{META: ocp.args.JsonRestore()}))
-    restored[META].pop(FINGERPRINTS, None)
-    return restored[META]
+    meta = self._read_meta(step)
+    meta.pop(FINGERPRINTS, None)
+    return meta
+
+  def _read_meta(self, step: int) -> dict[str, Any]:
+    return self.manager.restore(step, args=ocp.args.Composite(
+        **{META: ocp.args.JsonRestore()}))[META]
 
   def restore(self, step: int, abstract_state, data_iter=None):
     """Restores onto `abstract_state`'s shardings (any mesh); returns (state, meta).
@@ -251,15 +254,13 @@ class Checkpointer:
     A state saved with a fresh optimizer comes back with opt_state None: the caller
     knows its optimizer and makes the fresh state. One saved without a data iterator
     leaves `data_iter` at its start."""
-    saved = self.read_meta(step)
-    if saved.get(FRESH_OPTIMIZER):
+    meta = self._read_meta(step)  # it says what the state holds.
+    if meta.get(FRESH_OPTIMIZER):
       abstract_state = abstract_state.replace(opt_state=None)
-    items = {STATE: ocp.args.StandardRestore(abstract_state),
-             META: ocp.args.JsonRestore()}
-    if data_iter is not None and saved.get(DATA_ITER_SAVED, True):
+    items = {STATE: ocp.args.StandardRestore(abstract_state)}
+    if data_iter is not None and meta.get(DATA_ITER_SAVED, True):
       items[DATA_ITER] = grain.checkpoint.CheckpointRestore(data_iter)
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-    meta = restored[META]
     verify(restored[STATE], meta.pop(FINGERPRINTS, None), f"{self.directory}/{step}")
     return restored[STATE], meta
 
@@ -338,8 +339,7 @@ class Checkpointer:
     `abstract_state` raises ValueError naming it; corrupt files raise
     CorruptCheckpointError.
     """
-    meta = self.manager.restore(step, args=ocp.args.Composite(
-        **{META: ocp.args.JsonRestore()}))[META]
+    meta = self._read_meta(step)
     path = self.directory / str(step) / STATE
     check_layout(meta, str(path.parent))
     targets = {path_key(p): leaf

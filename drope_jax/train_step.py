@@ -95,18 +95,41 @@ def cross_entropy_sum(logits_fn, x_BSE, targets_BS, weights_BS, chunk: int):
     losses_BC = optax.softmax_cross_entropy_with_integer_labels(logits_fn(x_BCE), targets_BC)
     return jnp.sum(losses_BC * weights_BC)
 
-  S = x_BSE.shape[1]
-  if not 0 < chunk < S or S % chunk:
+  if not _chunks_divide(x_BSE.shape[1], chunk):
     return chunk_sum(x_BSE, targets_BS, weights_BS)
-  to_chunks = lambda a: jnp.swapaxes(a.reshape(a.shape[0], S // chunk, chunk, *a.shape[2:]),
-                                     0, 1)  # [B, S, ...] -> [S / chunk, B, chunk, ...]
 
   def add_chunk(total, chunk_inputs):
     return total + jax.checkpoint(chunk_sum)(*chunk_inputs), None
 
-  total, _ = jax.lax.scan(add_chunk, jnp.zeros((), jnp.float32),
-                          tuple(map(to_chunks, (x_BSE, targets_BS, weights_BS))))
+  total, _ = jax.lax.scan(
+      add_chunk, jnp.zeros((), jnp.float32),
+      tuple(_to_chunks(a, chunk) for a in (x_BSE, targets_BS, weights_BS)))
   return total
+
+
+def position_losses(logits_fn, x_BSE, targets_BS, chunk: int) -> jax.Array:
+  """Cross-entropy of logits_fn(x) at every position [B, S], `chunk` positions' logits
+  at a time (evaluation: no gradient, so nothing is recomputed)."""
+  def losses(x_BCE, targets_BC):
+    return optax.softmax_cross_entropy_with_integer_labels(logits_fn(x_BCE), targets_BC)
+
+  B, S = targets_BS.shape
+  if not _chunks_divide(S, chunk):
+    return losses(x_BSE, targets_BS)
+  losses_NBC = jax.lax.map(lambda args: losses(*args),
+                           (_to_chunks(x_BSE, chunk), _to_chunks(targets_BS, chunk)))
+  return jnp.swapaxes(losses_NBC, 0, 1).reshape(B, S)
+
+
+def _chunks_divide(S: int, chunk: int) -> bool:
+  """Whether `chunk` splits a sequence of S into several chunks (else: one, all of S)."""
+  return 0 < chunk < S and S % chunk == 0
+
+
+def _to_chunks(a_BS, chunk: int):
+  """[B, S, ...] -> [S / chunk, B, chunk, ...]."""
+  B, S = a_BS.shape[:2]
+  return jnp.swapaxes(a_BS.reshape(B, S // chunk, chunk, *a_BS.shape[2:]), 0, 1)
 
 
 def _grads(graphdef, params, batch, positional, grad_accum: int, chunk: int):

@@ -14,10 +14,10 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from drope_jax import parallel
+from drope_jax import train_step
 from drope_jax.model.positional import Positional
 
 
@@ -50,25 +50,10 @@ def make_loss_fn(graphdef, positional: Positional):
   def position_loss_sums(params, inputs_BS, targets_BS, row_weights_B, temperature=None):
     model = nnx.merge(graphdef, params)
     x_BSE = model.hidden(inputs_BS, positional=positional.with_temperature(temperature))
-    losses_BS = position_losses(model.logits, x_BSE, targets_BS, LOSS_CHUNK)
+    losses_BS = train_step.position_losses(model.logits, x_BSE, targets_BS, LOSS_CHUNK)
     return jnp.sum(losses_BS * row_weights_B[:, None], axis=0)
 
   return jax.jit(position_loss_sums)
-
-
-def position_losses(logits_fn, x_BSE, targets_BS, chunk: int) -> jax.Array:
-  """Cross-entropy at every position [B, S], computing `chunk` positions' logits at a
-  time (one chunk when it does not divide S)."""
-  def losses(x_BCE, targets_BC):
-    return optax.softmax_cross_entropy_with_integer_labels(logits_fn(x_BCE), targets_BC)
-
-  B, S = targets_BS.shape
-  if not 0 < chunk < S or S % chunk:
-    return losses(x_BSE, targets_BS)
-  to_chunks = lambda a: jnp.swapaxes(a.reshape(B, S // chunk, chunk, *a.shape[2:]), 0, 1)
-  losses_NBC = jax.lax.map(lambda args: losses(*args),
-                           (to_chunks(x_BSE), to_chunks(targets_BS)))
-  return jnp.swapaxes(losses_NBC, 0, 1).reshape(B, S)
 
 
 def batches(windows_NL1: np.ndarray, batch_size: int):
