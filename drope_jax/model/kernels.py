@@ -18,7 +18,6 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental.pallas.ops.tpu import splash_attention as splash
 from jax.sharding import PartitionSpec as P
 
 from drope_jax import parallel
@@ -340,6 +339,13 @@ def _splash_sharded(local, q, k, v, segment_ids, mesh):
                        check_vma=False)(*args)
 
 
+def _splash():
+  """The Pallas splash module, imported on first use: importing it costs every process
+  0.2 s (a restart's import time) and only splash runs need it."""
+  from jax.experimental.pallas.ops.tpu import splash_attention  # pylint: disable=g-import-not-at-top
+  return splash_attention
+
+
 def _splash_local(q_BSHD, k_BSKD, v_BSKD, segment_ids=None, *, blocks, fused_bwd,
                   interpret):
   """Splash on arrays local to one device; q is pre-scaled."""
@@ -351,7 +357,7 @@ def _splash_local(q_BSHD, k_BSKD, v_BSKD, segment_ids=None, *, blocks, fused_bwd
   if segment_ids is None:
     out_BHSD = jax.vmap(kernel)(q_BHSD, k_BKSD, v_BKSD)
   else:
-    seg = splash.SegmentIds(q=segment_ids, kv=segment_ids)
+    seg = _splash().SegmentIds(q=segment_ids, kv=segment_ids)
     out_BHSD = jax.vmap(kernel)(q_BHSD, k_BKSD, v_BKSD, seg)
   return jnp.swapaxes(out_BHSD, 1, 2)
 
@@ -363,6 +369,7 @@ def _make_splash_kernel(num_heads, seq_len, blocks, fused_bwd, interpret):
   instead of two), at the cost of S / kv_dkv partial dq copies summed afterwards;
   unfused, dq has a kernel of its own.
   """
+  splash = _splash()
   block_sizes = splash.BlockSizes(
       block_q=blocks.q, block_kv=blocks.kv, block_kv_compute=blocks.kv_compute,
       block_q_dkv=blocks.q_dkv, block_kv_dkv=blocks.kv_dkv,
