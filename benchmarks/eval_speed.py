@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 
-from benchmarks import hf_import
+from benchmarks import host
 
 
 def _parse_args():
@@ -75,7 +75,7 @@ def main():
       "# Long-context evaluation speed", "",
       f"`python -m benchmarks.eval_speed --workdir={args.workdir} --gguf={args.gguf} "
       f"--eval_data={args.eval_data}`", "",
-      f"CPU: {hf_import.cpu_flags()}; torch threads {theirs['threads']}.", "",
+      f"CPU: {host.cpu_flags()}; torch threads {theirs['threads']}.", "",
       f"{tokens:,} tokens scored ({context:,}-token windows, then one of {2 * context:,}), "
       "whole command against whole command:", "",
       "| | seconds | tokens/s |", "|---|---:|---:|",
@@ -87,7 +87,7 @@ def main():
     f.write("\n".join(lines))
   with open(os.path.join(args.out, "results.json"), "w") as f:
     json.dump(dict(tokens=tokens, drope_jax_seconds=ours_s, transformers_seconds=theirs_s,
-                   cpu=hf_import.cpu_flags(), drope_jax=ours, transformers=theirs), f,
+                   cpu=host.cpu_flags(), drope_jax=ours, transformers=theirs), f,
               indent=1)
   print("\n".join(lines), flush=True)
 

@@ -35,6 +35,8 @@ import numpy as np
 from absl import app
 from absl import flags
 
+from benchmarks import host
+
 _SIZE_GB = flags.DEFINE_float("size_gb", 1.0, "Checkpoint size, GB (1e9 bytes).")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Runs of each method.")
 _OUT = flags.DEFINE_string("out", "benchmarks/results/hf_import",
@@ -164,15 +166,6 @@ def _run_child(method: str, checkpoint: pathlib.Path, workdir: pathlib.Path) -> 
   return dict(result, process_s=wall)
 
 
-def cpu_flags() -> str:
-  """The CPU model and its vector extensions (AVX-512, AMX) from /proc/cpuinfo."""
-  info = pathlib.Path("/proc/cpuinfo").read_text()
-  model = re.search(r"model name\s*:\s*(.*)", info).group(1)
-  flags_line = re.search(r"flags\s*:\s*(.*)", info).group(1).split()
-  vector = sorted(f for f in flags_line if f.startswith(("avx", "amx")))
-  return f"{model}, {os.cpu_count()} cores; {' '.join(vector)}"
-
-
 def _summary(runs: list[dict]) -> dict:
   """Best and median of each figure (best: the fastest, the smallest)."""
   return {key: dict(best=min(r[key] for r in runs),
@@ -186,7 +179,7 @@ def report(runs: dict, size: int, shards: int):
   lines = [
       f"Checkpoint: {size_gib:.3f} GiB float32 ({size:,} bytes of tensors), Llama "
       f"shapes, {shards} safetensors shards + index, from the page cache.",
-      f"CPU: {cpu_flags()}",
+      f"CPU: {host.cpu_flags()}",
       f"Medians (best) of {len(runs['safetensors'])} runs per method; `x raw` and "
       "`x size` compare medians.",
       "",
@@ -212,7 +205,7 @@ def report(runs: dict, size: int, shards: int):
   out.mkdir(parents=True, exist_ok=True)
   (out / "results.md").write_text(f"# hf import benchmark\n\n`{_command()}`\n\n{text}")
   (out / "results.json").write_text(json.dumps(dict(
-      command=_command(), cpu=cpu_flags(), checkpoint_bytes=size, shards=shards,
+      command=_command(), cpu=host.cpu_flags(), checkpoint_bytes=size, shards=shards,
       runs=runs, summary=summary, goals=dict(time=time_ok, memory=memory_ok)),
       indent=2) + "\n")
 

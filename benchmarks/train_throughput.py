@@ -7,7 +7,8 @@ tokens at the config's batch x seq, after warmup, on this machine's devices. Wit
 --torch (the default), LlamaForCausalLM + torch AdamW (benchmarks/torch_baseline.py)
 runs in the same process, the two trainers taking turns in `rounds`: a shared machine
 whose speed drifts by 10% within a minute then slows both alike, and the ratio is the
-median of the rounds' ratios.
+median of the rounds' ratios. The CPU's model and vector extensions are printed beside
+the figures: a ratio holds for one kind of host.
 """
 
 import statistics
@@ -19,6 +20,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from benchmarks import host
 from drope_jax import flops
 from drope_jax import optim
 from drope_jax import parallel
@@ -99,6 +101,7 @@ def main(argv):
   print(f"{jax.devices()[0].device_kind} x{jax.device_count()}; {n_params / 1e6:.2f}M params; "
         f"batch {t.batch_size} x seq {t.seq_len}; {_ROUNDS.value} rounds of {per_round} "
         "timed steps per trainer")
+  print(f"CPU: {host.cpu_flags()}")
   print("| trainer | median step s | tokens/s | model GFLOP/s |")
   print("|---|---|---|---|")
   for name, seconds in rounds.items():

@@ -160,7 +160,7 @@ def _causal_mask(S, segment_ids):
 # Arrays are split into N blocks of C tokens, block index first (so loops can index
 # blocks) and heads before tokens (so every block product is a plain batched matmul):
 # q [N, B, K, G, C, D] (G = H // K query heads per kv head), k/v [N, B, K, C, D],
-# segment ids [N, B, C]. Causality means query block i only visits key blocks j <= i,
+# segment ids [N, B, C] or None. Causality means query block i only visits key blocks j <= i,
 # so loops run over that triangle. The backward recomputes logits block by block from
 # the saved log-sum-exp, so nothing S x S is ever stored.
 # ----------------------------------------------------------------------------------------
@@ -171,14 +171,12 @@ def _chunked_attention(q, k, v, segment_ids, *, scale, chunk_size):
   K = k.shape[2]
   C = min(chunk_size, S)
   N = -(-S // C)
-  if segment_ids is None:
-    segment_ids = jnp.zeros((B, S), jnp.int32)
   # Padded keys sit after every real query, so the causal mask already hides them.
   q_NBKGCD = jnp.einsum('nbckgd->nbkgcd',
                         _to_blocks(q.reshape(B, S, K, H // K, D), N, C))
   k_NBKCD = jnp.einsum('nbckd->nbkcd', _to_blocks(k, N, C))
   v_NBKCD = jnp.einsum('nbckd->nbkcd', _to_blocks(v, N, C))
-  seg_NBC = _to_blocks(segment_ids, N, C)
+  seg_NBC = None if segment_ids is None else _to_blocks(segment_ids, N, C)
   out_NBKGCD = _flash(q_NBKGCD, k_NBKCD, v_NBKCD, seg_NBC, scale)
   out_BSKGD = jnp.einsum('nbkgcd->bnckgd', out_NBKGCD).reshape(B, N * C, K, H // K, D)
   return out_BSKGD[:, :S].reshape(B, S, H, D)
@@ -191,15 +189,23 @@ def _to_blocks(x, N, C):
   return jnp.moveaxis(x.reshape(x.shape[0], N, C, *x.shape[2:]), 1, 0)
 
 
-def _block_logits(q_BKGCD, k_BKCD, seg_q_BC, seg_k_BC, i, j, scale):
-  """Masked float32 logits [B, K, G, Cq, Ck] of query block i against key block j."""
+def _block_logits(q_BKGCD, k_BKCD, seg_NBC, i, j, scale, *, diagonal: bool):
+  """Masked float32 logits [B, K, G, Cq, Ck] of query block i against key block j.
+
+  Only the diagonal block (i == j) needs the causal mask: key blocks before it are
+  wholly visible. Segment ids (None: one segment) mask every block.
+  """
   C = q_BKGCD.shape[3]
   logits = jnp.einsum('bkgqd,bktd->bkgqt', q_BKGCD, k_BKCD,
                       preferred_element_type=jnp.float32) * scale
-  q_pos = i * C + jnp.arange(C)
-  k_pos = j * C + jnp.arange(C)
-  mask_BQT = (q_pos[:, None] >= k_pos[None, :])[None]
-  mask_BQT &= seg_q_BC[:, :, None] == seg_k_BC[:, None, :]
+  mask_BQT = None
+  if diagonal:
+    mask_BQT = jnp.tril(jnp.ones((C, C), bool))[None]
+  if seg_NBC is not None:
+    same_BQT = seg_NBC[i][:, :, None] == seg_NBC[j][:, None, :]
+    mask_BQT = same_BQT if mask_BQT is None else mask_BQT & same_BQT
+  if mask_BQT is None:
+    return logits
   return jnp.where(mask_BQT[:, None, None], logits, _MASK_VALUE)
 
 
@@ -209,15 +215,15 @@ def _flash(q, k, v, seg, scale):
 
 
 def _flash_fwd(q_NBKGCD, k_NBKCD, v_NBKCD, seg_NBC, scale):
-  """Online softmax: one pass over key blocks per query block."""
+  """Online softmax: one pass over key blocks per query block, the diagonal last."""
   N, B, K, G, C, D = q_NBKGCD.shape
 
   def query_block(i):
-    q_i, seg_i = q_NBKGCD[i], seg_NBC[i]
+    q_i = q_NBKGCD[i]
 
-    def key_block(j, carry):
+    def key_block(j, carry, diagonal=False):
       acc_BKGCD, denom_BKGC, max_BKGC = carry
-      logits = _block_logits(q_i, k_NBKCD[j], seg_i, seg_NBC[j], i, j, scale)
+      logits = _block_logits(q_i, k_NBKCD[j], seg_NBC, i, j, scale, diagonal=diagonal)
       new_max = jnp.maximum(max_BKGC, logits.max(axis=-1))
       # While a row has seen only masked keys, new_max is _MASK_VALUE and masked
       # entries weigh 1; the first allowed key (the diagonal is always one) rescales
@@ -233,7 +239,8 @@ def _flash_fwd(q_NBKGCD, k_NBKCD, v_NBKCD, seg_NBC, scale):
     init = (jnp.zeros((B, K, G, C, D), jnp.float32),
             jnp.zeros((B, K, G, C), jnp.float32),
             jnp.full((B, K, G, C), _MASK_VALUE, jnp.float32))
-    acc_BKGCD, denom_BKGC, max_BKGC = jax.lax.fori_loop(0, i + 1, key_block, init)
+    carry = jax.lax.fori_loop(0, i, key_block, init)
+    acc_BKGCD, denom_BKGC, max_BKGC = key_block(i, carry, diagonal=True)
     out_BKGCD = (acc_BKGCD / denom_BKGC[..., None]).astype(q_NBKGCD.dtype)
     return out_BKGCD, max_BKGC + jnp.log(denom_BKGC)
 
@@ -242,7 +249,8 @@ def _flash_fwd(q_NBKGCD, k_NBKCD, v_NBKCD, seg_NBC, scale):
 
 
 def _flash_bwd(scale, residuals, dout_NBKGCD):
-  """FlashAttention-2 backward: per key block, sweep the query blocks that see it."""
+  """FlashAttention-2 backward: per key block, sweep the query blocks that see it (the
+  diagonal first)."""
   q_NBKGCD, k_NBKCD, v_NBKCD, seg_NBC, out_NBKGCD, lse_NBKGC = residuals
   N = q_NBKGCD.shape[0]
   # rowsum(dP * P) = rowsum(dout * out), per query and head.
@@ -250,12 +258,12 @@ def _flash_bwd(scale, residuals, dout_NBKGCD):
                            out_NBKGCD.astype(jnp.float32))
 
   def key_block(dq_NBKGCD, j):
-    k_j, v_j, seg_j = k_NBKCD[j], v_NBKCD[j], seg_NBC[j]
+    k_j, v_j = k_NBKCD[j], v_NBKCD[j]
 
-    def query_block(i, carry):
+    def query_block(i, carry, diagonal=False):
       dq_NBKGCD, dk_BKCD, dv_BKCD = carry
       q_i, dout_i = q_NBKGCD[i], dout_NBKGCD[i]
-      logits = _block_logits(q_i, k_j, seg_NBC[i], seg_j, i, j, scale)
+      logits = _block_logits(q_i, k_j, seg_NBC, i, j, scale, diagonal=diagonal)
       probs = jnp.exp(logits - lse_NBKGC[i][..., None])
       dv_BKCD += jnp.einsum('bkgqt,bkgqd->bktd', probs.astype(dout_i.dtype), dout_i,
                             preferred_element_type=jnp.float32)
@@ -270,8 +278,8 @@ def _flash_bwd(scale, residuals, dout_NBKGCD):
       return dq_NBKGCD, dk_BKCD, dv_BKCD
 
     zeros = jnp.zeros(k_j.shape, jnp.float32)
-    dq_NBKGCD, dk_BKCD, dv_BKCD = jax.lax.fori_loop(
-        j, N, query_block, (dq_NBKGCD, zeros, zeros))
+    carry = query_block(j, (dq_NBKGCD, zeros, zeros), diagonal=True)
+    dq_NBKGCD, dk_BKCD, dv_BKCD = jax.lax.fori_loop(j + 1, N, query_block, carry)
     return dq_NBKGCD, (dk_BKCD, dv_BKCD)
 
   dq_NBKGCD, (dk_NBKCD, dv_NBKCD) = jax.lax.scan(
