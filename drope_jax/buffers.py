@@ -1,10 +1,13 @@
-"""The largest buffers of a compiled program, from XLA's buffer-assignment dump.
+"""A compiled program's device memory, from XLA's buffer-assignment dump.
 
-XLA's memory analysis gives totals (arguments, outputs, temporaries); where they go is
-in its buffer assignment, which it writes when asked to dump the program (compiler
-option `xla_dump_to`, for this compile only). `compile_and_list` reads the values it
-places in device memory (the default memory space) and returns the largest, each with
-its shape and the JAX operation that made it (the HLO's op_name metadata).
+XLA's memory analysis gives sums (arguments, outputs, temporaries), and on TPU its
+temporaries count values that are never live at once: llama_7b on v5p-128 with 40
+sequences a chip reports 100.9 GiB of temporaries and compiles for a 95 GiB chip. What
+the chip must hold is in the buffer assignment, which XLA writes when asked to dump the
+program (compiler option `xla_dump_to`, for this compile only): `compile_and_read`
+returns the bytes it places in device memory (the default memory space; 72.4 GiB there)
+and the largest buffers, each with its shape and the JAX operation that made it (the
+HLO's op_name metadata).
 """
 
 import dataclasses
@@ -12,7 +15,7 @@ import pathlib
 import re
 import tempfile
 
-_ALLOCATION = re.compile(r"^allocation (\d+): size \d+(?:, color (\d+))?, (.*):$")
+_ALLOCATION = re.compile(r"^allocation (\d+): size (\d+)(?:, color (\d+))?, (.*):$")
 _VALUE = re.compile(r"^ value: <\d+ (\S+) @\d+> \(size=(\d+),offset=(\d+)\): (\S+)")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?(\S+) = ")
 _OP_NAME = re.compile(r"metadata=\{op_name=\"([^\"]*)\"")
@@ -30,16 +33,24 @@ class Buffer:
   others: int = 0  # values that occupy the same bytes at other times.
 
 
-def compile_and_list(lowered, top: int = 5):
-  """(the compiled program, its `top` largest device-memory buffers)."""
+@dataclasses.dataclass(frozen=True)
+class DeviceMemory:
+  """A compiled program's device memory as XLA's buffer assignment lays it out."""
+  bytes: int  # every allocation in device memory, arguments included: what must fit.
+  largest: tuple[Buffer, ...]  # descending.
+
+
+def compile_and_read(lowered, top: int = 5):
+  """(the compiled program, its DeviceMemory with the `top` largest buffers; None
+  where XLA wrote no buffer assignment)."""
   with tempfile.TemporaryDirectory() as dump:
     compiled = lowered.compile(compiler_options={"xla_dump_to": dump})
-    return compiled, largest(pathlib.Path(dump), top)
+    return compiled, read(pathlib.Path(dump), top)
 
 
-def largest(dump: pathlib.Path, top: int = 5) -> list[Buffer]:
-  """The `top` largest buffers in the buffer assignment dumped under `dump` (of its
-  largest program: the dump may hold small helper programs too).
+def read(dump: pathlib.Path, top: int = 5) -> DeviceMemory | None:
+  """The device memory in the buffer assignment dumped under `dump` (of its largest
+  program: the dump may hold small helper programs too).
 
   A buffer is a range of device memory: values that XLA places in the same range at
   different times (a loop's state and its initial value, say) are one buffer, named
@@ -48,14 +59,16 @@ def largest(dump: pathlib.Path, top: int = 5) -> list[Buffer]:
   assignments = sorted(dump.glob("*after_optimizations-buffer-assignment.txt"),
                        key=lambda p: p.stat().st_size)
   if not assignments:
-    return []
+    return None
   assignment = assignments[-1]
   hlo = assignment.with_name(assignment.name.replace("-buffer-assignment", ""))
   op_names = _op_names(hlo) if hlo.exists() else {}
   buffers, allocation, kind = {}, None, None  # (allocation, offset, size) -> Buffer.
+  device_bytes = 0
   for line in assignment.read_text().splitlines():
     if line.startswith("allocation "):
-      allocation, kind = _kind(line)
+      allocation, kind, size = _allocation(line)
+      device_bytes += size
       continue
     value = _VALUE.match(line)
     if value and kind:
@@ -68,24 +81,25 @@ def largest(dump: pathlib.Path, top: int = 5) -> list[Buffer]:
       else:
         buffers[where] = Buffer(size, kind, shape.split("{")[0], name,
                                 op_names.get(name.split("{")[0], ""))
-  return sorted(buffers.values(), key=lambda b: -b.bytes)[:top]
+  return DeviceMemory(device_bytes,
+                      tuple(sorted(buffers.values(), key=lambda b: -b.bytes)[:top]))
 
 
-def _kind(allocation_line: str) -> tuple[str | None, str | None]:
-  """(allocation number, argument / output / temporary) for an allocation in device
-  memory; the kind is None for others (other memory spaces, thread-local scalars,
-  constants)."""
-  match = _ALLOCATION.match(allocation_line)
-  if not match or (match[2] or "0") != "0":
-    return None, None
-  number, what = match[1], match[3]
+def _allocation(line: str) -> tuple[str | None, str | None, int]:
+  """(allocation number, argument / output / temporary, bytes) of an allocation in
+  device memory; the kind is None for others (thread-local scalars, constants), and
+  allocations in other memory spaces (on-chip scratch) count 0 bytes."""
+  match = _ALLOCATION.match(line)
+  if not match or (match[3] or "0") != "0":
+    return None, None, 0
+  number, size, what = match[1], int(match[2]), match[4]
   if what.startswith("parameter"):
-    return number, "argument"
+    return number, "argument", size
   if what.startswith("output"):
-    return number, "output"
+    return number, "output", size
   if "preallocated-temp" in what:
-    return number, "temporary"
-  return number, None
+    return number, "temporary", size
+  return number, None, size
 
 
 def _op_names(hlo: pathlib.Path) -> dict[str, str]:

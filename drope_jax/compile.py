@@ -154,7 +154,7 @@ class Report:
   argument_bytes: int
   output_bytes: int
   alias_bytes: int      # outputs written in place of donated arguments.
-  temp_bytes: int
+  temp_bytes: int       # XLA's sum over temporaries, live at once or not.
   code_bytes: int
   hbm_bytes: int
   tpu_custom_calls: int
@@ -163,9 +163,15 @@ class Report:
   scan_layers: bool = True
   out_of_memory: str | None = None  # the compiler's message; the byte counts are then 0.
   largest: tuple[buffers.Buffer, ...] = ()  # the largest buffers per chip, descending.
+  # Device memory in XLA's buffer assignment, arguments included (0: none was written).
+  device_bytes: int = 0
 
   @property
   def total_bytes(self) -> int:
+    """What a chip holds: the buffer assignment and the code; without an assignment,
+    the sums (an upper bound: temporaries that are never live together all count)."""
+    if self.device_bytes:
+      return self.device_bytes + self.code_bytes
     return (self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
             + self.code_bytes)
 
@@ -202,7 +208,7 @@ def compile_phases(config, topology: Topology, phases=plan_lib.PHASE_NAMES):
     step = train_step.make_train_step(config, built, optim.lr_schedule(config), positional)
     start = time.perf_counter()
     try:
-      compiled, largest = buffers.compile_and_list(step.lower(built.abstract_state, batch))
+      compiled, device = buffers.compile_and_read(step.lower(built.abstract_state, batch))
     except jax.errors.JaxRuntimeError as e:
       if "RESOURCE_EXHAUSTED" not in str(e):
         raise
@@ -224,7 +230,9 @@ def compile_phases(config, topology: Topology, phases=plan_lib.PHASE_NAMES):
         hbm_bytes=topology.hbm_bytes,
         tpu_custom_calls=compiled.as_text().count('custom_call_target="tpu_custom_call"'),
         compile_seconds=seconds, flops=_flops(compiled),
-        scan_layers=config.model.scan_layers, largest=tuple(largest))
+        scan_layers=config.model.scan_layers,
+        largest=device.largest if device else (),
+        device_bytes=device.bytes if device else 0)
 
 
 def _flops(compiled) -> float:
@@ -278,10 +286,12 @@ def _format(report: Report) -> str:
       f"XLA FLOPs {report.flops:.4g}",
       f"  per chip: arguments {_gib(report.argument_bytes)}, outputs "
       f"{_gib(report.output_bytes)} (aliased to donated arguments "
-      f"{_gib(report.alias_bytes)}), temporaries {_gib(report.temp_bytes)}, "
-      f"generated code {_gib(report.code_bytes)}",
+      f"{_gib(report.alias_bytes)}), temporaries {_gib(report.temp_bytes)} (XLA's sum, "
+      f"not all live at once), generated code {_gib(report.code_bytes)}",
       f"  total {_gib(report.total_bytes)} of {_gib(report.hbm_bytes)} HBM "
-      f"({report.total_bytes / report.hbm_bytes:.0%}): {verdict}",
+      f"({report.total_bytes / report.hbm_bytes:.0%}): {verdict}"
+      + (" (device memory in XLA's buffer assignment + code)" if report.device_bytes
+         else " (sums: an upper bound)"),
       "  largest buffers:",
       *(f"  {buffers.describe(b)}" for b in report.largest),
   ])

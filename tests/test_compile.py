@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import jax
 import ml_collections
 import pytest
 
+from drope_jax import buffers
 from drope_jax import compile as compile_lib
 from drope_jax import flops
 from drope_jax import parallel
@@ -86,13 +88,30 @@ def test_both_phases_compile_with_splash_kernels_and_a_consistent_memory_report(
     assert state_per_chip <= report.argument_bytes <= 1.1 * state_per_chip
     assert report.alias_bytes >= 0.9 * state_per_chip  # the donated state is reused.
     assert 0 < report.temp_bytes and report.fits
+    # What the chip holds: the buffer assignment (state included) and the code.
+    assert report.device_bytes >= report.argument_bytes
+    assert report.total_bytes == report.device_bytes + report.code_bytes
     # Where the memory goes: the five largest buffers, each named by its JAX operation.
     sizes = [b.bytes for b in report.largest]
     assert len(sizes) == 5 and sizes == sorted(sizes, reverse=True)
-    assert sizes[0] <= max(report.temp_bytes, report.argument_bytes)
+    assert sizes[0] <= report.device_bytes
     assert {b.kind for b in report.largest} <= {"argument", "output", "temporary"}
     temporaries = [b for b in report.largest if b.kind == "temporary"]
     assert temporaries and all(b.op_name.startswith("jit(step_fn)") for b in temporaries)
+
+
+def test_device_memory_is_the_total_of_xlas_own_memory_report(tmp_path, monkeypatch):
+  def compile_keeping_the_dump(lowered, top=5):
+    compiled = lowered.compile(compiler_options={"xla_dump_to": str(tmp_path)})
+    return compiled, buffers.read(tmp_path, top)
+
+  monkeypatch.setattr(buffers, "compile_and_read", compile_keeping_the_dump)
+  report, = compile_lib.compile_phases(_small_config(), compile_lib.parse_topology("v5p-8"),
+                                       phases=("pretrain",))
+  usage = max(tmp_path.glob("*memory-usage-report.txt"), key=lambda p: p.stat().st_size)
+  xla_total = re.search(r"Memory Space: default \(color=0\)\nTotal bytes: (\d+)",
+                        usage.read_text())
+  assert report.device_bytes == int(xla_total[1]) > report.argument_bytes
 
 
 @pytest.mark.parametrize("topology", ["v5e-4", "v6e-4"])
