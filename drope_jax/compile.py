@@ -299,7 +299,7 @@ def _format(report: Report) -> str:
 
 def _side_by_side(reports: list[Report]) -> str:
   """A markdown table: each phase's scanned and unrolled compile, one row each."""
-  rows = ["| phase | layers | compile s | per-chip total | temporaries | XLA FLOPs |",
+  rows = ["| phase | layers | compile s | per-chip total | temporaries (sum) | XLA FLOPs |",
           "|---|---|---:|---:|---:|---:|"]
   for r in sorted(reports, key=lambda r: (r.phase, not r.scan_layers)):
     total = "OOM" if r.out_of_memory else _gib(r.total_bytes)
