@@ -60,7 +60,7 @@ def base_config(variant: str = "drope") -> ml_collections.ConfigDict:
       # The splash backward computes dq, dk and dv in one kernel, at the cost of
       # S / kv_dkv partial dq copies in HBM; False gives dq a kernel of its own.
       splash_fused_bwd=True,
-      remat="none",           # none | full | save_dots.
+      remat="none",           # none | full | save_dots | save_qkv_proj (what a layer keeps).
       # Layers under one lax.scan: XLA compiles one layer instead of n_layers (the
       # ablation_500m step on v5p-8: 40 s instead of 285 s). Parameters are stacked
       # [n_layers, ...] either way, so checkpoints do not depend on it.
@@ -172,12 +172,13 @@ def _choices() -> dict[str, tuple[str, ...]]:
   from drope_jax import optim  # pylint: disable=g-import-not-at-top
   from drope_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from drope_jax.model import kernels  # pylint: disable=g-import-not-at-top
+  from drope_jax.model import transformer  # pylint: disable=g-import-not-at-top
   return {
       "model.pos_emb": plan.POS_EMB,
       "model.qk_norm": plan.QK_NORMS,
       "model.rope_scaling": tuple(positional.MODEL_SCALINGS),
       "model.attention": kernels.IMPLS,
-      "model.remat": ("none", "full", "save_dots"),
+      "model.remat": ("none", *transformer.REMAT_POLICIES),
       "model.param_dtype": ("float32", "bfloat16"),
       "model.dtype": ("float32", "bfloat16"),
       "data.packing": pipeline.PACKINGS,

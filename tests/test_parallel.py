@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -162,11 +163,28 @@ def _loss_and_grads(remat: str):
 
 def test_remat_policies_give_identical_losses_and_gradients():
   base_loss, base_grads = _loss_and_grads("none")
-  for remat in ("full", "save_dots"):
+  for remat in ("full", "save_dots", "save_qkv_proj"):
     loss, grads = _loss_and_grads(remat)
     np.testing.assert_allclose(loss, base_loss, rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                  grads, base_grads)
+
+
+def test_save_qkv_proj_keeps_the_named_projections_and_full_keeps_none(capsys):
+  def saved_names(remat):
+    # Unrolled: a scan would save its body's named values as unnamed loop outputs.
+    config = _config(remat=remat, scan_layers=False)
+    graphdef, params = nnx.split(helpers.build_model(config.model))
+    rope = plan_lib.make(config).phases[0].positional
+    tokens = jnp.zeros((1, 8), jnp.int32)
+    jax.ad_checkpoint.print_saved_residuals(
+        lambda p: nnx.merge(graphdef, p)(tokens, positional=rope).sum(), params)
+    return re.findall(r"named '(\w+)'", capsys.readouterr().out)
+
+  layers = _config().model.n_layers
+  assert saved_names("full") == []
+  assert sorted(saved_names("save_qkv_proj")) == sorted(
+      ["key_proj", "query_proj", "value_proj"] * layers)
 
 
 def test_remat_is_in_the_program():

@@ -7,6 +7,7 @@ cudnn) sits behind `kernels.attention`, which takes [batch, seq, heads, head_dim
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from drope_jax import parallel
 from drope_jax.model import kernels
@@ -65,7 +66,9 @@ class Attention(nnx.Module):
     k_BSKD = parallel.constrain(positional.rotate(k_BSKD, positions_BS),
                                 ("batch", "seq", "act_kv_heads", None))
     v_BSKD = parallel.constrain(v_BSKD, ("batch", "seq", "act_kv_heads", None))
-    return q_BSHD, k_BSKD, v_BSKD
+    # Names for the remat policies (transformer.REMAT_POLICIES).
+    return (checkpoint_name(q_BSHD, "query_proj"), checkpoint_name(k_BSKD, "key_proj"),
+            checkpoint_name(v_BSKD, "value_proj"))
 
   def __call__(self, x_BSE, *, positions_BS, segment_ids_BS, positional: Positional):
     q, k, v = self._project(x_BSE, positions_BS, positional)

@@ -56,9 +56,14 @@ class ModelConfig:
                   if k not in ("pos_emb", "rope_theta")})
 
 
+# model.remat: what each layer keeps for the backward pass ("none": everything).
 REMAT_POLICIES = {
-    "full": jax.checkpoint_policies.nothing_saveable,
+    "full": jax.checkpoint_policies.nothing_saveable,  # only the layer's input.
     "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # q, k, v after RoPE (named in attention.py): the backward recomputes the attention
+    # and the MLP but not the projections, at 3 [B, S, heads, head_dim] a layer.
+    "save_qkv_proj": jax.checkpoint_policies.save_only_these_names(
+        "query_proj", "key_proj", "value_proj"),
 }
 
 
