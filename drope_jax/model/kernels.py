@@ -160,9 +160,9 @@ def _causal_mask(S, segment_ids):
 # Arrays are split into N blocks of C tokens, block index first (so loops can index
 # blocks) and heads before tokens (so every block product is a plain batched matmul):
 # q [N, B, K, G, C, D] (G = H // K query heads per kv head), k/v [N, B, K, C, D],
-# segment ids [N, B, C] or None. Causality means query block i only visits key blocks j <= i,
-# so loops run over that triangle. The backward recomputes logits block by block from
-# the saved log-sum-exp, so nothing S x S is ever stored.
+# segment ids [N, B, C] or None. Causality means query block i only visits key blocks
+# j <= i, so loops run over that triangle. The backward recomputes logits block by
+# block from the saved log-sum-exp, so nothing S x S is ever stored.
 # ----------------------------------------------------------------------------------------
 
 
