@@ -130,14 +130,15 @@ def test_scanned_layers_equal_unrolled_layers_in_logits_and_gradients(remat):
   nnx.update(unrolled, params)  # the same arrays: init does not depend on the loop.
   tokens = _tokens()
 
-  def loss_and_grads(model):
+  def logits_loss_and_grads(model):
     graphdef, _ = nnx.split(model, nnx.Param)
-    loss = lambda p: jnp.mean(nnx.merge(graphdef, p)(tokens, positional=ROPE) ** 2)
-    return jax.jit(jax.value_and_grad(loss))(params)
+    logits = lambda p: nnx.merge(graphdef, p)(tokens, positional=ROPE)
+    loss = lambda p: jnp.mean(logits(p) ** 2)
+    return jax.jit(logits)(params), jax.jit(jax.value_and_grad(loss))(params)
 
-  np.testing.assert_allclose(scanned(tokens, positional=ROPE),
-                             unrolled(tokens, positional=ROPE), rtol=1e-5, atol=1e-5)
-  (loss_s, grads_s), (loss_u, grads_u) = map(loss_and_grads, (scanned, unrolled))
+  (logits_s, (loss_s, grads_s)), (logits_u, (loss_u, grads_u)) = map(
+      logits_loss_and_grads, (scanned, unrolled))
+  np.testing.assert_allclose(logits_s, logits_u, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(loss_s, loss_u, rtol=1e-6)
   jax.tree.map(lambda s, u: np.testing.assert_allclose(s, u, rtol=1e-4, atol=1e-7),
                grads_s, grads_u)
@@ -157,9 +158,10 @@ def test_chunked_cross_entropy_equals_the_whole_sequence_at_once():
     x_BSE = model.hidden(tokens, positional=ROPE)
     return train_step.cross_entropy_sum(model.logits, x_BSE, targets, weights, chunk)
 
-  whole, whole_grads = jax.value_and_grad(loss)(params, 0)
+  value_and_grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+  whole, whole_grads = value_and_grad(params, 0)
   for chunk in (8, 16):  # 4 and 2 chunks, each recomputed in the backward.
-    chunked, chunked_grads = jax.jit(jax.value_and_grad(loss), static_argnums=1)(params, chunk)
+    chunked, chunked_grads = value_and_grad(params, chunk)
     np.testing.assert_allclose(chunked, whole, rtol=1e-6)
     # Sums in another order: float32 rounding apart (gradients are ~1e-2).
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6),
